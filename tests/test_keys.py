@@ -1,0 +1,68 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from taskiq_dedup.errors import ConfigurationError, TaskiqDedupError
+from taskiq_dedup.keys import KeySpace, key_part, validate_prefix
+
+
+def test_keys_are_prefixed_and_readable() -> None:
+    keys = KeySpace("taskiq-dedup:prod")
+    assert (
+        keys.claim("abc123", 1700000000) == "taskiq-dedup:prod:claim:abc123:1700000000"
+    )
+    assert keys.firing("abc123", 60) == "taskiq-dedup:prod:run:abc123:60"
+    assert keys.add_lock("abc123") == "taskiq-dedup:prod:add:abc123"
+    assert keys.pattern() == "taskiq-dedup:prod:*"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        " ",
+        "a b",
+        "pre*",
+        "pre?",
+        "pre[x]",
+        ":lead",
+        "trail:",
+        "a::b",
+        "x" * 129,
+        "é",
+        "a\nb",
+    ],
+)
+def test_bad_prefixes_are_rejected_naming_the_prefix(bad: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        validate_prefix(bad)
+    assert isinstance(info.value, TaskiqDedupError)
+    assert "prefix" in str(info.value)
+
+
+def test_unsafe_parts_are_hashed() -> None:
+    assert key_part("plain_id-1.2") == "plain_id-1.2"
+    for unsafe in ["a:b", "*", "x" * 65, "名前", "a b", "{tag}"]:
+        part = key_part(unsafe)
+        assert part.startswith("#")
+        assert len(part) == 65
+
+
+@given(task_name=st.text(max_size=200), value=st.text(max_size=10_000))
+def test_no_input_leaves_the_prefix(task_name: str, value: str) -> None:
+    keys = KeySpace("env:a")
+    for key in (
+        keys.idempotency(task_name, value),
+        keys.claim(value, 1),
+        keys.firing(task_name, 2),
+    ):
+        assert key.startswith("env:a:")
+        assert key.count(":") <= 4
+        assert not set("*?[] \n") & set(key.removeprefix("env:a:"))
+        assert len(key) < 200
+
+
+def test_idempotency_keys_differ_by_task_and_value() -> None:
+    keys = KeySpace("p")
+    assert keys.idempotency("t1", "k") != keys.idempotency("t2", "k")
+    assert keys.idempotency("t", "k1") != keys.idempotency("t", "k2")
