@@ -1,0 +1,23 @@
+"""Names of the message labels this package reads and writes."""
+
+SCHEDULE_ID_LABEL = "schedule_id"
+"""Set by taskiq's scheduler on every message it sends: the schedule's id."""
+
+SLOT_LABEL = "dedup_slot"
+"""The firing's slot in whole epoch seconds, set by the sending side."""
+
+IDEMPOTENCY_KEY_LABEL = "idempotency_key"
+"""Set by the caller of ``kiq``: kicks of one task with one value run once."""
+
+PINNED_ID_LABEL = "dedup_id"
+"""Set on a schedule to choose its id instead of deriving it from its content."""
+
+
+def parse_slot(value: object) -> int | None:
+    """Return the slot label as ``int`` (labels arrive as strings), or ``None``."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
