@@ -4,16 +4,21 @@ from taskiq_dedup.errors import (
     ConfigurationError,
     InvalidScheduleError,
     ScheduleInCodeError,
-    ScheduleNotFoundError,
     TaskiqDedupError,
 )
+from taskiq_dedup.identity import schedule_id_for
 from taskiq_dedup.keys import KeySpace
+from taskiq_dedup.source import CompositeScheduleSource, MergedSchedule, Origin, SourceStats
 
 __all__ = [
+    "CompositeScheduleSource",
     "ConfigurationError",
     "InvalidScheduleError",
     "KeySpace",
+    "MergedSchedule",
+    "Origin",
     "ScheduleInCodeError",
-    "ScheduleNotFoundError",
+    "SourceStats",
     "TaskiqDedupError",
+    "schedule_id_for",
 ]

@@ -20,7 +20,3 @@ class InvalidScheduleError(TaskiqDedupError):
 
 class ScheduleInCodeError(TaskiqDedupError):
     """A schedule declared in a task decorator cannot be deleted at run time."""
-
-
-class ScheduleNotFoundError(TaskiqDedupError):
-    """No child source holds a schedule with the given id."""

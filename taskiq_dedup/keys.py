@@ -24,9 +24,7 @@ def validate_prefix(prefix: str) -> str:
     whitespace, glob characters, leading/trailing or doubled colons.
     """
     if not isinstance(prefix, str) or not prefix:
-        raise ConfigurationError(
-            detail=f"prefix must be a non-empty string, got {prefix!r}"
-        )
+        raise ConfigurationError(detail=f"prefix must be a non-empty string, got {prefix!r}")
     if len(prefix) > MAX_PREFIX_LENGTH:
         raise ConfigurationError(
             detail=f"prefix is {len(prefix)} characters; at most {MAX_PREFIX_LENGTH}",

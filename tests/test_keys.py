@@ -8,9 +8,7 @@ from taskiq_dedup.keys import KeySpace, key_part, validate_prefix
 
 def test_keys_are_prefixed_and_readable() -> None:
     keys = KeySpace("taskiq-dedup:prod")
-    assert (
-        keys.claim("abc123", 1700000000) == "taskiq-dedup:prod:claim:abc123:1700000000"
-    )
+    assert keys.claim("abc123", 1700000000) == "taskiq-dedup:prod:claim:abc123:1700000000"
     assert keys.firing("abc123", 60) == "taskiq-dedup:prod:run:abc123:60"
     assert keys.add_lock("abc123") == "taskiq-dedup:prod:add:abc123"
     assert keys.pattern() == "taskiq-dedup:prod:*"

@@ -28,9 +28,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 class ManagedProcess:
     """One spawned process with its combined output in a log file."""
 
-    def __init__(
-        self, name: str, argv: list[str], env: Mapping[str, str], log_dir: Path
-    ) -> None:
+    def __init__(self, name: str, argv: list[str], env: Mapping[str, str], log_dir: Path) -> None:
         self.name = name
         self.argv = argv
         self.log_path = log_dir / f"{name}.log"
@@ -94,9 +92,7 @@ class ProcessGroup:
         self.processes.append(process)
         return process
 
-    def taskiq(
-        self, name: str, *args: str, env: Mapping[str, str] | None = None
-    ) -> ManagedProcess:
+    def taskiq(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> ManagedProcess:
         """Run the stock ``taskiq`` command line of this interpreter's environment."""
         return self.spawn(name, [sys.executable, "-m", "taskiq", *args], env)
 
@@ -125,8 +121,7 @@ class ProcessGroup:
     def logs(self) -> str:
         """Every process's output, for a failing assertion's message."""
         return "\n".join(
-            f"===== {p.name} (pid {p.pid}) =====\n{p.output()[-6000:]}"
-            for p in self.processes
+            f"===== {p.name} (pid {p.pid}) =====\n{p.output()[-6000:]}" for p in self.processes
         )
 
     def __enter__(self) -> ProcessGroup:
@@ -141,9 +136,7 @@ class ProcessGroup:
         self.stop_all()
 
 
-def wait_until(
-    predicate: object, timeout: float, interval: float = 0.1, message: str = ""
-) -> None:
+def wait_until(predicate: object, timeout: float, interval: float = 0.1, message: str = "") -> None:
     """Poll ``predicate()`` until it is truthy or ``timeout`` seconds pass."""
     assert callable(predicate)
     deadline = time.monotonic() + timeout

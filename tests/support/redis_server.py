@@ -44,9 +44,7 @@ def free_port() -> int:
 class RedisServer:
     """One ``redis-server`` on a free port that a test can stop, kill and restart."""
 
-    def __init__(
-        self, port: int | None = None, *, extra_args: list[str] | None = None
-    ) -> None:
+    def __init__(self, port: int | None = None, *, extra_args: list[str] | None = None) -> None:
         self.port = port or free_port()
         self.extra_args = extra_args or []
         self.workdir = Path(tempfile.mkdtemp(prefix=f"redis-{self.port}-"))

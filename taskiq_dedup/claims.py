@@ -1,0 +1,90 @@
+"""Claiming a firing: one atomic Redis script decides which scheduler sends it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from redis.exceptions import RedisError
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+logger = logging.getLogger("taskiq_dedup.claims")
+
+CLAIM_SCRIPT = """
+-- KEYS[1] = claim key (prefix, schedule id, slot)
+-- ARGV[1] = holder: who claims (host:pid:name)
+-- ARGV[2] = time to live in milliseconds
+-- returns {1, holder} when this call claimed the firing,
+--         {0, holder of the existing claim} when it was claimed before
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, ARGV[1]}
+end
+return {0, redis.call('GET', KEYS[1])}
+"""
+
+CLAIM_RETRY_WINDOW = 5.0
+"""Seconds a claim is retried through Redis errors: a failover or restart usually
+ends within it, and it is well inside the shortest slot worth retrying in."""
+
+CLAIM_RETRY_FIRST_DELAY = 0.1
+"""Seconds before the first retry; each later retry waits twice as long."""
+
+
+def default_holder(name: str | None = None) -> str:
+    """``host:pid`` (and ``name``), telling an operator which scheduler claimed."""
+    holder = f"{socket.gethostname()}:{os.getpid()}"
+    return f"{holder}:{name}" if name else holder
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """Outcome of one claim: won or not, and who holds the claim."""
+
+    won: bool
+    holder: str
+
+
+class FiringClaimer:
+    """Claims ``(schedule, slot)`` keys with ``CLAIM_SCRIPT``, retrying briefly."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        holder: str,
+        *,
+        retry_window: float = CLAIM_RETRY_WINDOW,
+    ) -> None:
+        self.holder = holder
+        self.retry_window = retry_window
+        self._script = redis.register_script(CLAIM_SCRIPT)
+
+    async def claim(self, key: str, ttl_ms: int) -> ClaimResult:
+        """Claim ``key`` for ``ttl_ms``; retry Redis errors for ``retry_window`` s.
+
+        :raises RedisError: the last error, once the window has passed.
+        """
+        deadline = time.monotonic() + self.retry_window
+        delay = CLAIM_RETRY_FIRST_DELAY
+        while True:
+            try:
+                won, holder = await self._script(keys=[key], args=[self.holder, ttl_ms])
+                return ClaimResult(won=bool(won), holder=_text(holder))
+            except RedisError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                logger.debug("Claim of %s failed (%s); retrying in %.1fs", key, exc, delay)
+                await asyncio.sleep(delay)
+                delay *= 2
+
+
+def _text(value: bytes | str | None) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value or "?"
