@@ -1,0 +1,93 @@
+"""A scheduler app for multi-process tests, configured by the environment.
+
+``REDIS_URL`` and ``DEDUP_PREFIX`` pick the server and environment; ``DEDUP_OFF=1``
+builds taskiq as shipped (plain sources) for comparison. Every execution is
+appended to the Redis list ``<prefix>:executions`` as JSON.
+
+``python -m tests.apps.sched_app register`` is one web-worker start-up: it
+registers schedules the way FastAPI-template's lifespan does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Annotated
+
+from redis.asyncio import Redis
+from taskiq import Context, ScheduleSource, TaskiqDepends, TaskiqScheduler
+from taskiq.schedule_sources import LabelScheduleSource
+from taskiq.serializers import JSONSerializer
+from taskiq_redis import ListQueueBroker, ListRedisScheduleSource
+
+from taskiq_dedup import CompositeScheduleSource
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:1/0")
+PREFIX = os.environ.get("DEDUP_PREFIX", "sched-app")
+DEDUP_OFF = os.environ.get("DEDUP_OFF") == "1"
+ONE_OFF_AT = os.environ.get("ONE_OFF_AT")
+
+broker = ListQueueBroker(REDIS_URL, queue_name=f"{PREFIX}:queue")
+label_source = LabelScheduleSource(broker)
+redis_source = ListRedisScheduleSource(
+    REDIS_URL,
+    prefix=PREFIX.replace(":", "-") + "-schedules",
+    serializer=JSONSerializer(),
+)
+composite = CompositeScheduleSource(
+    [label_source, redis_source], redis_url=REDIS_URL, prefix=PREFIX
+)
+sources: list[ScheduleSource] = [label_source, redis_source] if DEDUP_OFF else [composite]
+scheduler = TaskiqScheduler(broker, sources=sources)
+
+_recorder: Redis | None = None
+
+
+@broker.task(
+    task_name="tick",
+    schedule=[{"interval": 2, "args": ["interval"]}, {"cron": "* * * * *", "args": ["cron"]}],
+)
+async def tick(kind: str, context: Annotated[Context, TaskiqDepends()]) -> None:
+    """Record one execution."""
+    global _recorder  # noqa: PLW0603 -- one client per worker process
+    if _recorder is None:
+        _recorder = Redis.from_url(REDIS_URL)
+    labels = context.message.labels
+    record = {
+        "kind": kind,
+        "schedule_id": labels.get("schedule_id"),
+        "slot": labels.get("dedup_slot"),
+        "at": time.time(),
+        "pid": os.getpid(),
+    }
+    await _recorder.rpush(f"{PREFIX}:executions", json.dumps(record))
+
+
+async def register() -> None:
+    """One start-up: register through the composite and, as legacy code did, directly."""
+    await broker.startup()
+    target: ScheduleSource = redis_source if DEDUP_OFF else composite
+    await target.startup()
+    await tick.kicker().schedule_by_interval(target, 3, "dyn")
+    await tick.kicker().schedule_by_cron(target, "* * * * *", "cron")  # equal to the label
+    if not DEDUP_OFF:
+        # Legacy start-up code writing straight into the child, with random ids:
+        await tick.kicker().schedule_by_interval(redis_source, 2, "interval")
+    if ONE_OFF_AT:
+        at = datetime.fromtimestamp(float(ONE_OFF_AT), tz=timezone.utc)
+        await tick.kicker().schedule_by_time(target, at, "one-off")
+    await target.shutdown()
+    await broker.shutdown()
+
+
+def one_off_time(seconds_from_now: float) -> str:
+    """Value for ONE_OFF_AT."""
+    return str((datetime.now(tz=timezone.utc) + timedelta(seconds=seconds_from_now)).timestamp())
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["register"]:
+    asyncio.run(register())
