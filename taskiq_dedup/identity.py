@@ -25,7 +25,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from taskiq_dedup.errors import InvalidScheduleError
 from taskiq_dedup.labels import PINNED_ID_LABEL
-from taskiq_dedup.triggers import as_utc, describe, parse_trigger
+from taskiq_dedup.triggers import Trigger, as_utc, describe, parse_trigger
 
 if TYPE_CHECKING:
     from taskiq import ScheduledTask
@@ -65,8 +65,10 @@ def _canonical_json(value: Any) -> str:  # noqa: ANN401 -- arbitrary task argume
     )
 
 
-def schedule_id_for(task: ScheduledTask) -> str:
+def schedule_id_for(task: ScheduledTask, trigger: Trigger | None = None) -> str:
     """Return the deterministic id of ``task`` (or its pinned ``dedup_id`` label).
+
+    ``trigger`` saves parsing it again when the caller already has.
 
     :raises InvalidScheduleError: the trigger is invalid or an argument has no
         JSON form; the message names the task and the culprit.
@@ -79,7 +81,7 @@ def schedule_id_for(task: ScheduledTask) -> str:
                 f"non-empty string, got {pinned!r}",
             )
         return pinned
-    trigger = parse_trigger(task)
+    trigger = trigger or parse_trigger(task)
     try:
         content = _canonical_json(
             {

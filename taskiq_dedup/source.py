@@ -274,7 +274,7 @@ class CompositeScheduleSource(ScheduleSource):
             for task in self._last_good.get(index, []):
                 try:
                     trigger = parse_trigger(task)
-                    schedule_id = schedule_id_for(task)
+                    schedule_id = schedule_id_for(task, trigger)
                 except InvalidScheduleError as exc:
                     self._report(reported, str(exc), "Skipping %s", exc)
                     self._stats.invalid_schedules += 1
@@ -392,8 +392,7 @@ class CompositeScheduleSource(ScheduleSource):
         :raises ConfigurationError: no child can add, or it would pickle.
         """
         target = self._add_target()
-        parse_trigger(schedule)
-        schedule.schedule_id = schedule_id_for(schedule)
+        schedule.schedule_id = schedule_id_for(schedule, parse_trigger(schedule))
         lock_key = self.keys.add_lock(schedule.schedule_id)
         token = uuid.uuid4().hex
         ttl_ms = int(ADD_LOCK_TTL.total_seconds() * 1000)

@@ -15,6 +15,7 @@ no longer be fired again by any scheduler, plus ``CLAIM_GRACE``.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
@@ -173,6 +174,12 @@ def _zone_or_offset(
         ) from exc
 
 
+@functools.lru_cache(maxsize=4096)
+def _valid_cron(expression: str) -> bool:
+    """Validate once per distinct expression: croniter's check is the costly part of a merge."""
+    return len(expression.split()) == 5 and bool(croniter.is_valid(expression))  # noqa: PLR2004
+
+
 def parse_trigger(task: ScheduledTask) -> Trigger:
     """Parse the one trigger of ``task``, or raise ``InvalidScheduleError`` naming it."""
     present = [name for name in ("cron", "interval", "time") if getattr(task, name)]
@@ -183,7 +190,7 @@ def parse_trigger(task: ScheduledTask) -> Trigger:
         )
     if task.cron is not None:
         expression = " ".join(task.cron.split()).lower()
-        if len(expression.split()) != 5 or not croniter.is_valid(expression):  # noqa: PLR2004
+        if not _valid_cron(expression):
             raise InvalidScheduleError(
                 detail=f"{describe(task)}: invalid cron {task.cron!r} "
                 "(five fields: minute hour day month weekday)",
