@@ -154,7 +154,7 @@ Trigger = CronTrigger | IntervalTrigger | OneOffTrigger
 
 def describe(task: ScheduledTask) -> str:
     """Short text naming a schedule in errors and logs."""
-    what = task.cron or task.interval or task.time
+    what = next((v for v in (task.cron, task.interval, task.time) if v is not None), None)
     return f"schedule {task.schedule_id} of task {task.task_name!r} ({what!r})"
 
 
@@ -182,7 +182,7 @@ def _valid_cron(expression: str) -> bool:
 
 def parse_trigger(task: ScheduledTask) -> Trigger:
     """Parse the one trigger of ``task``, or raise ``InvalidScheduleError`` naming it."""
-    present = [name for name in ("cron", "interval", "time") if getattr(task, name)]
+    present = [name for name in ("cron", "interval", "time") if getattr(task, name) is not None]
     if len(present) != 1:
         raise InvalidScheduleError(
             detail=f"{describe(task)}: needs exactly one of cron, interval, time; "

@@ -89,6 +89,18 @@ def test_bad_triggers_are_named(fields: dict[str, object], culprit: str) -> None
 
 @pytest.mark.parametrize("interval", [0, -5, 1.5])
 def test_bad_intervals_are_named(interval: float) -> None:
+    with_cron = ScheduledTask.model_construct(
+        task_name="t",
+        labels={},
+        args=[],
+        kwargs={},
+        interval=interval,
+        cron="* * * * *",
+        time=None,
+        schedule_id="x",
+    )
+    with pytest.raises(InvalidScheduleError, match="exactly one"):
+        parse_trigger(with_cron)
     bad = ScheduledTask.model_construct(
         task_name="t",
         labels={},
