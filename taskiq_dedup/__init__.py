@@ -8,11 +8,15 @@ from taskiq_dedup.errors import (
 )
 from taskiq_dedup.identity import schedule_id_for
 from taskiq_dedup.keys import KeySpace
+from taskiq_dedup.middleware import DedupMiddleware
+from taskiq_dedup.receiver import DedupReceiver
 from taskiq_dedup.source import CompositeScheduleSource, MergedSchedule, Origin, SourceStats
 
 __all__ = [
     "CompositeScheduleSource",
     "ConfigurationError",
+    "DedupMiddleware",
+    "DedupReceiver",
     "InvalidScheduleError",
     "KeySpace",
     "MergedSchedule",

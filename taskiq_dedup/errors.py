@@ -20,3 +20,7 @@ class InvalidScheduleError(TaskiqDedupError):
 
 class ScheduleInCodeError(TaskiqDedupError):
     """A schedule declared in a task decorator cannot be deleted at run time."""
+
+
+class DedupUnavailableError(TaskiqDedupError):
+    """Redis could not be reached to decide a deduplication (fail-closed)."""

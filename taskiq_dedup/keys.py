@@ -14,6 +14,8 @@ from taskiq_dedup.errors import ConfigurationError
 _PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_.{}-]+(:[A-Za-z0-9_.{}-]+)*")
 _SAFE_PART = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_PREFIX_LENGTH = 128
+DEFAULT_PREFIX = "taskiq-dedup"
+"""The prefix when none is given; set one per environment."""
 
 
 def validate_prefix(prefix: str) -> str:

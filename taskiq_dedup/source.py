@@ -33,7 +33,7 @@ from taskiq_dedup.errors import (
     ScheduleInCodeError,
 )
 from taskiq_dedup.identity import schedule_id_for
-from taskiq_dedup.keys import KeySpace
+from taskiq_dedup.keys import DEFAULT_PREFIX, KeySpace
 from taskiq_dedup.labels import SCHEDULE_ID_LABEL, SLOT_LABEL
 from taskiq_dedup.locks import release_lock
 from taskiq_dedup.triggers import (
@@ -52,8 +52,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("taskiq_dedup.source")
 
 OnClaimError = Literal["skip", "send"]
-
-DEFAULT_PREFIX = "taskiq-dedup"
 
 DEFAULT_ONE_OFF_GRACE = timedelta(days=1)
 """A one-off is still fired this long after its time (schedulers were down); past

@@ -1,0 +1,189 @@
+"""The state of one dedup key in Redis, changed only by atomic Lua scripts.
+
+A dedup key is a hash. Its ``state`` field moves free (absent) -> ``running``
+(an owner token and a lease deadline) -> ``done``; a failed run goes back to
+free. The lease deadline is a field in Redis server time rather than the key's
+own expiry, so a claim can *see* an expired lease (and count a takeover) instead
+of finding the key gone. The key's expiry is the retention, refreshed by every
+claim, heartbeat and finish, so it never lapses under a live holder.
+
+Fields: ``state``, ``owner`` (token of the running attempt), ``lease_until``
+(ms), ``task_id`` and ``gen`` (the holder message's task id and generation),
+``worker`` (host:pid, for logs) and ``attempts`` (claims so far).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, cast
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+Verdict = Literal["claimed", "takeover", "superseded", "running", "done"]
+WON: frozenset[Verdict] = frozenset({"claimed", "takeover", "superseded"})
+
+CLAIM_SCRIPT = """
+-- KEYS[1] = the dedup key (a hash)
+-- ARGV[1] = owner token of this attempt
+-- ARGV[2] = lease in milliseconds
+-- ARGV[3] = retention of the key in milliseconds
+-- ARGV[4] = task id of the message
+-- ARGV[5] = generation of the message (retries + requeues)
+-- ARGV[6] = the claiming worker (host:pid), shown as holder in others' logs
+-- returns {verdict, holder task id, holder worker}; verdict is "claimed" (was
+--   free), "takeover" (a running lease had expired), "superseded" (the running
+--   holder's own retry: same task id, higher generation), "running" (a live
+--   lease) or "done"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local h = redis.call('HMGET', KEYS[1], 'state', 'task_id', 'worker', 'lease_until', 'gen')
+local state, task_id, worker = h[1], h[2] or '', h[3] or ''
+local verdict = 'claimed'
+if state == 'done' then
+  return {'done', task_id, worker}
+elseif state == 'running' then
+  if tonumber(h[4] or '0') <= now then
+    verdict = 'takeover'
+  elseif task_id == ARGV[4] and tonumber(ARGV[5]) > tonumber(h[5] or '0') then
+    verdict = 'superseded'
+  else
+    return {'running', task_id, worker}
+  end
+end
+redis.call('HSET', KEYS[1], 'state', 'running', 'owner', ARGV[1],
+  'lease_until', string.format('%.0f', now + tonumber(ARGV[2])),
+  'task_id', ARGV[4], 'gen', ARGV[5], 'worker', ARGV[6])
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {verdict, task_id, worker}
+"""
+
+HEARTBEAT_SCRIPT = """
+-- KEYS[1] = the dedup key
+-- ARGV[1] = owner token
+-- ARGV[2] = lease in milliseconds
+-- ARGV[3] = retention of the key in milliseconds
+-- returns 1 if the lease was extended, 0 if this token no longer holds it
+local h = redis.call('HMGET', KEYS[1], 'owner', 'state')
+if h[1] ~= ARGV[1] or h[2] ~= 'running' then
+  return 0
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'lease_until', string.format('%.0f', now + tonumber(ARGV[2])))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+FINISH_SCRIPT = """
+-- KEYS[1] = the dedup key
+-- ARGV[1] = owner token
+-- ARGV[2] = retention of the key in milliseconds
+-- returns 1 if the key is now done, 0 if this token no longer holds it
+local h = redis.call('HMGET', KEYS[1], 'owner', 'state')
+if h[1] ~= ARGV[1] or h[2] ~= 'running' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', 'done')
+redis.call('HDEL', KEYS[1], 'owner', 'lease_until')
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+RELEASE_SCRIPT = """
+-- KEYS[1] = the dedup key
+-- ARGV[1] = owner token
+-- returns 1 if the key is free again, 0 if this token no longer holds it
+-- (task_id, gen and attempts stay: an idempotency key keeps its task id)
+local h = redis.call('HMGET', KEYS[1], 'owner', 'state')
+if h[1] ~= ARGV[1] or h[2] ~= 'running' then
+  return 0
+end
+redis.call('HDEL', KEYS[1], 'state', 'owner', 'lease_until', 'worker')
+return 1
+"""
+
+BIND_SCRIPT = """
+-- KEYS[1] = an idempotency key (the hash a worker later claims)
+-- ARGV[1] = task id of the message being sent
+-- ARGV[2] = retention of the key in milliseconds
+-- returns the task id owning the key: ARGV[1] if this send took it
+local owner = redis.call('HGET', KEYS[1], 'task_id')
+if owner then
+  return owner
+end
+redis.call('HSET', KEYS[1], 'task_id', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return ARGV[1]
+"""
+
+
+def _text(value: object) -> str:
+    """Decode a reply of a client with or without ``decode_responses``."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Outcome of a claim: the verdict and who held the key before it."""
+
+    verdict: Verdict
+    holder_task_id: str
+    holder_worker: str
+
+    @property
+    def won(self) -> bool:
+        """Whether this attempt now holds the key and may execute."""
+        return self.verdict in WON
+
+
+class Leases:
+    """Runs the dedup-key scripts on one client (each registered once)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._claim = redis.register_script(CLAIM_SCRIPT)
+        self._heartbeat = redis.register_script(HEARTBEAT_SCRIPT)
+        self._finish = redis.register_script(FINISH_SCRIPT)
+        self._release = redis.register_script(RELEASE_SCRIPT)
+        self._bind = redis.register_script(BIND_SCRIPT)
+
+    async def claim(
+        self,
+        key: str,
+        *,
+        token: str,
+        task_id: str,
+        generation: int,
+        worker: str,
+        lease_ms: int,
+        retention_ms: int,
+    ) -> Claim:
+        """Try to take ``key`` for one execution attempt."""
+        reply = await self._claim(
+            keys=[key],
+            args=[token, lease_ms, retention_ms, task_id, generation, worker],
+        )
+        verdict, holder_task_id, holder_worker = (_text(part) for part in reply)
+        return Claim(cast("Verdict", verdict), holder_task_id, holder_worker)
+
+    async def extend(self, key: str, token: str, *, lease_ms: int, retention_ms: int) -> bool:
+        """Push the lease deadline forward if ``token`` still holds ``key``."""
+        return bool(await self._heartbeat(keys=[key], args=[token, lease_ms, retention_ms]))
+
+    async def finish(self, key: str, token: str, *, retention_ms: int) -> bool:
+        """Mark ``key`` done if ``token`` still holds it."""
+        return bool(await self._finish(keys=[key], args=[token, retention_ms]))
+
+    async def release(self, key: str, token: str) -> bool:
+        """Free ``key`` for another attempt if ``token`` still holds it."""
+        return bool(await self._release(keys=[key], args=[token]))
+
+    async def bind(self, key: str, task_id: str, *, retention_ms: int) -> str:
+        """Give idempotency ``key`` to ``task_id`` unless a task owns it already.
+
+        Returns the owning task id (``task_id`` itself when this call bound it).
+        """
+        return _text(await self._bind(keys=[key], args=[task_id, retention_ms]))
