@@ -1,0 +1,5 @@
+import sys
+
+from examples.fastapi_app.demo.run import main
+
+sys.exit(main())
