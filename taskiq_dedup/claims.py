@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import socket
 import time
 from dataclasses import dataclass
@@ -19,14 +20,18 @@ logger = logging.getLogger("taskiq_dedup.claims")
 
 CLAIM_SCRIPT = """
 -- KEYS[1] = claim key (prefix, schedule id, slot)
--- ARGV[1] = holder: who claims (host:pid:name)
+-- ARGV[1] = this attempt's holder: host:pid#token, the token new per claim
 -- ARGV[2] = time to live in milliseconds
--- returns {1, holder} when this call claimed the firing,
---         {0, holder of the existing claim} when it was claimed before
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {1, ARGV[1]}
+-- returns {1, holder} when this claim holds the firing (also when a retry finds
+--         the claim its lost-reply attempt took), {0, other holder} otherwise
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] then
+  return {1, current}
+elseif current then
+  return {0, current}
 end
-return {0, redis.call('GET', KEYS[1])}
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1, ARGV[1]}
 """
 
 CLAIM_RETRY_WINDOW = 5.0
@@ -68,13 +73,17 @@ class FiringClaimer:
     async def claim(self, key: str, ttl_ms: int) -> ClaimResult:
         """Claim ``key`` for ``ttl_ms``; retry Redis errors for ``retry_window`` s.
 
+        Every retry carries the same per-claim token, so a retry after a reply was
+        lost recognises the claim its first attempt took.
+
         :raises RedisError: the last error, once the window has passed.
         """
         deadline = time.monotonic() + self.retry_window
         delay = CLAIM_RETRY_FIRST_DELAY
+        attempt = f"{self.holder}#{secrets.token_hex(4)}"
         while True:
             try:
-                won, holder = await self._script(keys=[key], args=[self.holder, ttl_ms])
+                won, holder = await self._script(keys=[key], args=[attempt, ttl_ms])
                 return ClaimResult(won=bool(won), holder=_text(holder))
             except RedisError as exc:
                 if time.monotonic() + delay > deadline:

@@ -32,15 +32,17 @@ CLAIM_SCRIPT = """
 -- ARGV[5] = generation of the message (retries + requeues)
 -- ARGV[6] = the claiming worker (host:pid), shown as holder in others' logs
 -- returns {verdict, holder task id, holder worker}; verdict is "claimed" (was
---   free), "takeover" (a running lease had expired), "superseded" (the running
---   holder's own retry: same task id, higher generation), "running" (a live
---   lease) or "done"
+--   free, or already this attempt's), "takeover" (a running lease had
+--   expired), "superseded" (the running holder's own retry: same task id,
+--   higher generation), "running" (a live lease) or "done"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local h = redis.call('HMGET', KEYS[1], 'state', 'task_id', 'worker', 'lease_until', 'gen')
+local h = redis.call('HMGET', KEYS[1], 'state', 'task_id', 'worker', 'lease_until', 'gen', 'owner')
 local state, task_id, worker = h[1], h[2] or '', h[3] or ''
 local verdict = 'claimed'
-if state == 'done' then
+if state == 'running' and h[6] == ARGV[1] then
+  return {'claimed', task_id, worker}  -- a retry of this attempt, whose reply was lost
+elseif state == 'done' then
   return {'done', task_id, worker}
 elseif state == 'running' then
   if tonumber(h[4] or '0') <= now then
