@@ -277,6 +277,18 @@ class CompositeScheduleSource(ScheduleSource):
                     self._report(reported, str(exc), "Skipping %s", exc)
                     self._stats.invalid_schedules += 1
                     continue
+                except Exception as exc:  # one malformed entry must not hide the rest
+                    self._report(
+                        reported,
+                        f"malformed {index} {task!r}",
+                        "Skipping a malformed schedule from %s (%s: %s): %r",
+                        type(source).__name__,
+                        type(exc).__name__,
+                        exc,
+                        task,
+                    )
+                    self._stats.invalid_schedules += 1
+                    continue
                 if isinstance(trigger, OneOffTrigger) and now - trigger.at > self.one_off_grace:
                     self._report(
                         reported,

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from taskiq_dedup.errors import InvalidScheduleError
 
@@ -177,7 +177,13 @@ def _zone_or_offset(
 @functools.lru_cache(maxsize=4096)
 def _valid_cron(expression: str) -> bool:
     """Validate once per distinct expression: croniter's check is the costly part of a merge."""
-    return len(expression.split()) == 5 and bool(croniter.is_valid(expression))  # noqa: PLR2004
+    if len(expression.split()) != 5 or not croniter.is_valid(expression):  # noqa: PLR2004
+        return False
+    try:  # a valid expression may still never fire ("0 0 30 2 *")
+        croniter(expression, datetime(2000, 1, 1, tzinfo=timezone.utc)).get_next(datetime)
+    except CroniterBadDateError:
+        return False
+    return True
 
 
 def parse_trigger(task: ScheduledTask) -> Trigger:
@@ -193,7 +199,7 @@ def parse_trigger(task: ScheduledTask) -> Trigger:
         if not _valid_cron(expression):
             raise InvalidScheduleError(
                 detail=f"{describe(task)}: invalid cron {task.cron!r} "
-                "(five fields: minute hour day month weekday)",
+                "(five fields: minute hour day month weekday, matching some date)",
             )
         zone, offset = _zone_or_offset(task)
         return CronTrigger(expression, zone, offset)
