@@ -88,8 +88,12 @@ class CronTrigger:
 
     def slot(self, now: datetime) -> int:
         """Epoch seconds of the cron time being fired at ``now``."""
-        base = self._local(now + MAX_CLOCK_SKEW) + timedelta(microseconds=1)
-        fired: datetime = croniter(self.expression, base).get_prev(datetime)
+        # Cron times fall on whole minutes, so the answer only changes per minute.
+        return _cron_slot(self, epoch_seconds(now + MAX_CLOCK_SKEW) // 60)
+
+    def _slot_of_minute(self, minute: int) -> int:
+        end = datetime.fromtimestamp(minute * 60 + 60, tz=timezone.utc)
+        fired: datetime = croniter(self.expression, self._local(end)).get_prev(datetime)
         return epoch_seconds(self._to_utc(fired))
 
     def next_fire(self, now: datetime) -> datetime:
@@ -100,6 +104,12 @@ class CronTrigger:
     def claim_expiry(self, slot: int) -> int:
         """Epoch seconds at which a claim on ``slot`` may expire."""
         return slot + int((CRON_REFIRE_WINDOW + CLAIM_GRACE).total_seconds())
+
+
+@functools.lru_cache(maxsize=16384)
+def _cron_slot(trigger: CronTrigger, minute: int) -> int:
+    """``trigger``'s latest cron time within or before ``minute`` (epoch minutes)."""
+    return trigger._slot_of_minute(minute)  # the cached half of slot()
 
 
 @dataclass(frozen=True)
