@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, cast
 
+from taskiq_dedup.pipelining import ScriptPipeline
+
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
@@ -146,6 +148,7 @@ class Leases:
     """Runs the dedup-key scripts on one client (each registered once)."""
 
     def __init__(self, redis: Redis) -> None:
+        self._pipeline = ScriptPipeline(redis)
         self._claim = redis.register_script(CLAIM_SCRIPT)
         self._heartbeat = redis.register_script(HEARTBEAT_SCRIPT)
         self._finish = redis.register_script(FINISH_SCRIPT)
@@ -164,28 +167,31 @@ class Leases:
         retention_ms: int,
     ) -> Claim:
         """Try to take ``key`` for one execution attempt."""
-        reply = await self._claim(
-            keys=[key],
-            args=[token, lease_ms, retention_ms, task_id, generation, worker],
+        reply = await self._pipeline.run(
+            self._claim,
+            [key],
+            [token, lease_ms, retention_ms, task_id, generation, worker],
         )
         verdict, holder_task_id, holder_worker = (_text(part) for part in reply)
         return Claim(cast("Verdict", verdict), holder_task_id, holder_worker)
 
     async def extend(self, key: str, token: str, *, lease_ms: int, retention_ms: int) -> bool:
         """Push the lease deadline forward if ``token`` still holds ``key``."""
-        return bool(await self._heartbeat(keys=[key], args=[token, lease_ms, retention_ms]))
+        return bool(
+            await self._pipeline.run(self._heartbeat, [key], [token, lease_ms, retention_ms]),
+        )
 
     async def finish(self, key: str, token: str, *, retention_ms: int) -> bool:
         """Mark ``key`` done if ``token`` still holds it."""
-        return bool(await self._finish(keys=[key], args=[token, retention_ms]))
+        return bool(await self._pipeline.run(self._finish, [key], [token, retention_ms]))
 
     async def release(self, key: str, token: str) -> bool:
         """Free ``key`` for another attempt if ``token`` still holds it."""
-        return bool(await self._release(keys=[key], args=[token]))
+        return bool(await self._pipeline.run(self._release, [key], [token]))
 
     async def bind(self, key: str, task_id: str, *, retention_ms: int) -> str:
         """Give idempotency ``key`` to ``task_id`` unless a task owns it already.
 
         Returns the owning task id (``task_id`` itself when this call bound it).
         """
-        return _text(await self._bind(keys=[key], args=[task_id, retention_ms]))
+        return _text(await self._pipeline.run(self._bind, [key], [task_id, retention_ms]))

@@ -73,6 +73,7 @@ way each failure is one ERROR line and counts in ``stats.redis_errors``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
@@ -146,6 +147,7 @@ def generation(message: TaskiqMessage) -> int:
     return total
 
 
+@functools.cache
 def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
