@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 
 if TYPE_CHECKING:
+    from redis.asyncio.client import Pipeline
     from redis.commands.core import AsyncScript
 
 MAX_BATCH = 1000
@@ -37,6 +38,7 @@ class ScriptPipeline:
         self._redis = redis
         self._pending: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
+        self._pipe: Pipeline | None = None
 
     def run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
         """Queue one call; the future gets its reply or its error."""
@@ -72,7 +74,11 @@ class ScriptPipeline:
                     return_exceptions=True,
                 ),
             )
-        pipe = self._redis.pipeline(transaction=False)
+        # One batch is on the wire at a time, so one pipeline is reused: making one
+        # copies redis-py's table of reply callbacks, which costs more than a call.
+        if self._pipe is None:
+            self._pipe = self._redis.pipeline(transaction=False)
+        pipe = self._pipe
         for call in batch:
             await call.script(keys=call.keys, args=call.args, client=pipe)
         return list(await pipe.execute(raise_on_error=False))
