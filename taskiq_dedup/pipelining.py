@@ -1,10 +1,10 @@
 """Sending concurrent script calls together: one round trip for many decisions.
 
-Calls made while a batch is on the wire (or in the same event-loop tick) are sent
-in one non-transactional pipeline. Each call is still its own atomic script, so
-batching changes only the cost: a burst of firings due at one moment, or a
-worker running a hundred tasks at once, needs a few round trips and one
-connection instead of one of each per decision.
+A call made while nothing is on the wire goes out at once; calls made while one
+is on the wire are then sent together in one non-transactional pipeline. Each
+call is still its own atomic script, so batching changes only the cost: a
+burst of firings due at one moment needs a few round trips and one connection
+instead of one of each per decision.
 """
 
 from __future__ import annotations
@@ -32,38 +32,53 @@ class _Call:
 
 
 class ScriptPipeline:
-    """Runs script calls on ``redis``, pipelining those that arrive together."""
+    """Runs script calls on ``redis``, pipelining those that arrive together.
+
+    A call made while nothing is on the wire is sent at once, as a plain script
+    call. Calls made while one is on the wire wait for it and then go out
+    together as one pipeline.
+    """
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._pending: list[_Call] = []
+        self._busy = False
         self._sender: asyncio.Task[None] | None = None
         self._pipe: Pipeline | None = None
 
-    def run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
-        """Queue one call; the future gets its reply or its error."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Call(script, keys, args, future))
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.create_task(self._send_pending())
-        return future
+    async def run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:  # noqa: ANN401 -- a script's reply
+        """Run one script call; return its reply or raise its error."""
+        if self._busy:
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._pending.append(_Call(script, keys, args, future))
+            return await future
+        self._busy = True
+        try:
+            return await script(keys=keys, args=args)
+        finally:
+            if self._pending:
+                self._sender = asyncio.create_task(self._send_pending())
+            else:
+                self._busy = False
 
     async def _send_pending(self) -> None:
-        await asyncio.sleep(0)  # calls made in this same loop tick join the batch
-        while self._pending:
-            batch = self._pending[:MAX_BATCH]
-            del self._pending[:MAX_BATCH]
-            try:
-                replies = await self._send(batch)
-            except Exception as exc:  # handed to every call of the batch
-                replies = [exc] * len(batch)
-            for call, reply in zip(batch, replies, strict=True):
-                if call.future.done():  # its caller was cancelled
-                    continue
-                if isinstance(reply, BaseException):
-                    call.future.set_exception(reply)
-                else:
-                    call.future.set_result(reply)
+        try:
+            while self._pending:
+                batch = self._pending[:MAX_BATCH]
+                del self._pending[:MAX_BATCH]
+                try:
+                    replies = await self._send(batch)
+                except Exception as exc:  # handed to every call of the batch
+                    replies = [exc] * len(batch)
+                for call, reply in zip(batch, replies, strict=True):
+                    if call.future.done():  # its caller was cancelled
+                        continue
+                    if isinstance(reply, BaseException):
+                        call.future.set_exception(reply)
+                    else:
+                        call.future.set_result(reply)
+        finally:
+            self._busy = False
 
     async def _send(self, batch: list[_Call]) -> list[Any]:
         if len(batch) == 1 or not isinstance(self._redis, Redis):
