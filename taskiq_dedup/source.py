@@ -90,6 +90,17 @@ class MergedSchedule:
 
 
 @dataclass
+class _Identified:
+    """A child's schedule with its parsed trigger and id, kept from fetch to fetch."""
+
+    task: ScheduledTask
+    trigger: Trigger
+    id: str
+    merged_task: ScheduledTask | None = None
+    """The copy under the deterministic id, when this schedule's copy is the one sent."""
+
+
+@dataclass
 class SourceStats:
     """Counters of one ``CompositeScheduleSource`` since it was made."""
 
@@ -198,6 +209,7 @@ class CompositeScheduleSource(ScheduleSource):
         self._schedules: dict[str, MergedSchedule] = {}
         self._last_good: dict[int, list[ScheduledTask]] = {}
         self._reported: set[str] = set()
+        self._known: dict[tuple[int, str], _Identified] = {}
         self._stats = SourceStats()
 
     @property
@@ -268,27 +280,14 @@ class CompositeScheduleSource(ScheduleSource):
         now = self.clock()
         merged: dict[str, MergedSchedule] = {}
         reported: set[str] = set()
+        known: dict[tuple[int, str], _Identified] = {}
         for index, source in enumerate(self.sources):
-            for task in self._last_good.get(index, []):
-                try:
-                    trigger = parse_trigger(task)
-                    schedule_id = schedule_id_for(task, trigger)
-                except InvalidScheduleError as exc:
-                    self._report(reported, str(exc), "Skipping %s", exc)
-                    self._stats.invalid_schedules += 1
+            for fetched in self._last_good.get(index, []):
+                identified = self._identify(index, source, fetched, reported)
+                if identified is None:
                     continue
-                except Exception as exc:  # one malformed entry must not hide the rest
-                    self._report(
-                        reported,
-                        f"malformed {index} {task!r}",
-                        "Skipping a malformed schedule from %s (%s: %s): %r",
-                        type(source).__name__,
-                        type(exc).__name__,
-                        exc,
-                        task,
-                    )
-                    self._stats.invalid_schedules += 1
-                    continue
+                known[index, fetched.schedule_id] = identified
+                task, trigger, schedule_id = identified.task, identified.trigger, identified.id
                 if isinstance(trigger, OneOffTrigger) and now - trigger.at > self.one_off_grace:
                     self._report(
                         reported,
@@ -301,14 +300,53 @@ class CompositeScheduleSource(ScheduleSource):
                     continue
                 entry = merged.get(schedule_id)
                 if entry is None:
+                    if identified.merged_task is None:
+                        identified.merged_task = task.model_copy(
+                            update={"schedule_id": schedule_id}
+                        )
                     entry = merged[schedule_id] = MergedSchedule(
                         schedule_id=schedule_id,
-                        task=task.model_copy(update={"schedule_id": schedule_id}),
+                        task=identified.merged_task,
                         trigger=trigger,
                     )
                 entry.origins.append(Origin(source, task))
+        self._known = known
         self._reported = reported
         return merged
+
+    def _identify(
+        self,
+        index: int,
+        source: ScheduleSource,
+        task: ScheduledTask,
+        reported: set[str],
+    ) -> _Identified | None:
+        """Parse and name ``task``, reusing the last fetch's work if it is unchanged.
+
+        Redis children return new but equal objects at every fetch: comparing
+        with the last fetch's copy is far cheaper than hashing again, and keeps
+        one set of objects alive instead of two.
+        """
+        previous = self._known.get((index, task.schedule_id))
+        if previous is not None and (previous.task is task or previous.task == task):
+            return previous
+        try:
+            trigger = parse_trigger(task)
+            return _Identified(task, trigger, schedule_id_for(task, trigger))
+        except InvalidScheduleError as exc:
+            self._report(reported, str(exc), "Skipping %s", exc)
+        except Exception as exc:  # one malformed entry must not hide the rest
+            self._report(
+                reported,
+                f"malformed {index} {task!r}",
+                "Skipping a malformed schedule from %s (%s: %s): %r",
+                type(source).__name__,
+                type(exc).__name__,
+                exc,
+                task,
+            )
+        self._stats.invalid_schedules += 1
+        return None
 
     def _report(self, reported: set[str], key: str, message: str, *args: object) -> None:
         """Log a WARNING once while the same problem persists across fetches."""
