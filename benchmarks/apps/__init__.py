@@ -1,0 +1,1 @@
+"""Processes the benchmarks start: scheduler apps configured by the environment."""

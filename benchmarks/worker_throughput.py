@@ -1,0 +1,258 @@
+"""Worker throughput: no-op tasks drained from a ``ListQueueBroker`` queue.
+
+20k tasks per arm, drained as 10 interleaved repetitions of 2k (the machine is
+shared: more, shorter turns pair the arms better than a few long ones). Each
+repetition pre-fills the queue with the messages (untimed), then times an
+in-process taskiq ``Receiver`` - the one ``taskiq worker`` runs, with its
+default ``max_async_tasks=100`` - driving ``broker.listen()`` from the start of
+consumption until the last task's ``post_execute`` hooks have returned (a
+counting middleware, last in every arm's list, sees each completion). In
+process rather than a ``taskiq worker`` subprocess: no start-up or import time
+to subtract, and the same event loop measures every arm.
+
+Arms (every message is ``noop(i)`` with the same labels ``schedule_id`` and
+``dedup_slot``, or ``idempotency_key``, so payloads match):
+
+- ``bare``: taskiq as shipped, no dedup middleware;
+- ``dedup_scheduled``: ``DedupMiddleware``, messages of a schedule with distinct slots;
+- ``dedup_idempotency``: ``DedupMiddleware``, distinct idempotency keys (bound at send);
+- ``taskiq_deduplication``: ``RedisDeduplicationMiddleware`` (defaults: lock at
+  send keyed by task + arguments, heartbeat, release after execution); its
+  messages go through its ``pre_send``/``post_send`` at pre-fill, as with ``kiq``;
+- ``bare_1rt`` and ``bare_2rt`` (calibration): bare taskiq plus a middleware
+  that only makes one round trip (``EVALSHA`` of ``return 1``) in
+  ``pre_execute`` (and one in ``post_execute``): what one and two round trips
+  per message cost on their own, with nothing decided. ``DedupMiddleware``
+  makes two per scheduled message: the claim and marking it done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from redis.asyncio import Redis
+from taskiq import TaskiqMessage
+from taskiq.abc.middleware import TaskiqMiddleware
+from taskiq.labels import prepare_label
+from taskiq.receiver import Receiver
+from taskiq.utils import maybe_awaitable
+from taskiq_deduplication import RedisDeduplicationMiddleware
+from taskiq_redis import ListQueueBroker
+
+from benchmarks.harness import Config, Goal, Measurement, Result, interleave
+from benchmarks.servers import flush, private_redis
+from taskiq_dedup import DedupMiddleware
+from taskiq_dedup.labels import IDEMPOTENCY_KEY_LABEL, SCHEDULE_ID_LABEL, SLOT_LABEL
+
+if TYPE_CHECKING:
+    from taskiq.result import TaskiqResult
+
+NAME = "worker_throughput"
+TASK_NAME = "bench:noop"
+MAX_ASYNC_TASKS = 100  # `taskiq worker`'s default
+PREFILL_BATCH = 50
+"""Messages sent concurrently at pre-fill: below redis-py's default pool of 100."""
+DRAIN_TIMEOUT = 300.0
+ARMS = (
+    "bare",
+    "dedup_scheduled",
+    "dedup_idempotency",
+    "taskiq_deduplication",
+    "bare_1rt",
+    "bare_2rt",
+)
+LABELS = {
+    "bare": "taskiq as shipped",
+    "dedup_scheduled": "DedupMiddleware, scheduled messages (schedule_id + dedup_slot)",
+    "dedup_idempotency": "DedupMiddleware, idempotency keys",
+    "taskiq_deduplication": "taskiq-deduplication RedisDeduplicationMiddleware",
+    "bare_1rt": "calibration: bare + 1 empty round trip per message",
+    "bare_2rt": "calibration: bare + 2 empty round trips per message",
+}
+ROUND_TRIP_SCRIPT = "return 1"
+REDIS_TIMEOUT = 5.0  # as DedupMiddleware's client made from redis_url
+GOAL = 0.95
+
+
+class Completions(TaskiqMiddleware):
+    """Counts finished tasks; sets ``done`` at the ``expected``-th."""
+
+    def __init__(self, expected: int) -> None:
+        super().__init__()
+        self.expected = expected
+        self.count = 0
+        self.done = asyncio.Event()
+
+    def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+        """Count one completion (after every other middleware's ``post_execute``)."""
+        self.count += 1
+        if self.count >= self.expected:
+            self.done.set()
+
+
+class RoundTrips(TaskiqMiddleware):
+    """Makes one round trip in ``pre_execute`` and, if ``both``, one in ``post_execute``."""
+
+    def __init__(self, url: str, *, both: bool) -> None:
+        super().__init__()
+        self.redis = Redis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+        )
+        self.script = self.redis.register_script(ROUND_TRIP_SCRIPT)
+        self.both = both
+
+    async def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
+        """One round trip, like a claim."""
+        await self.script(keys=["bench:probe"], args=[message.task_id])
+        return message
+
+    async def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+        """One more round trip, like marking the firing done."""
+        if self.both:
+            await self.script(keys=["bench:probe"], args=[message.task_id])
+
+    async def shutdown(self) -> None:
+        """Close the client."""
+        await self.redis.aclose()
+
+
+async def noop(_index: int) -> None:
+    """The task: nothing, so the figures are the framework's and the middleware's."""
+
+
+def _middleware(arm: str, url: str, prefix: str) -> TaskiqMiddleware | None:
+    if arm in ("dedup_scheduled", "dedup_idempotency"):
+        return DedupMiddleware(redis_url=url, prefix=prefix)
+    if arm == "taskiq_deduplication":
+        middleware: TaskiqMiddleware = RedisDeduplicationMiddleware(url, key_prefix=prefix)
+        return middleware
+    if arm in ("bare_1rt", "bare_2rt"):
+        return RoundTrips(url, both=arm == "bare_2rt")
+    return None
+
+
+def _broker(url: str, queue: str, middlewares: list[TaskiqMiddleware]) -> ListQueueBroker:
+    broker = ListQueueBroker(url, queue_name=queue).with_middlewares(*middlewares)
+    broker.register_task(noop, task_name=TASK_NAME)
+    return broker
+
+
+def _message(arm: str, index: int, schedule_id: str) -> TaskiqMessage:
+    raw: dict[str, Any] = (
+        {IDEMPOTENCY_KEY_LABEL: f"key-{schedule_id}-{index}"}
+        if arm == "dedup_idempotency"
+        else {SCHEDULE_ID_LABEL: schedule_id, SLOT_LABEL: 1_700_000_000 + index}
+    )
+    labels: dict[str, Any] = {}
+    types: dict[str, int] = {}
+    for name, value in raw.items():
+        labels[name], types[name] = prepare_label(value)
+    return TaskiqMessage(
+        task_id=uuid.uuid4().hex,
+        task_name=TASK_NAME,
+        labels=labels,
+        labels_types=types,
+        args=[index],
+        kwargs={},
+    )
+
+
+async def _prefill(arm: str, url: str, queue: str, prefix: str, tasks: int) -> None:
+    """Queue ``tasks`` messages as ``kiq`` would: the arm's ``pre_send``/``post_send``."""
+    sender_mw = _middleware(arm, url, prefix)
+    sender = _broker(url, queue, [sender_mw] if sender_mw else [])
+    await sender.startup()
+    schedule_id = uuid.uuid4().hex[:16]
+    try:
+        async with Redis.from_url(url) as client:
+            for start in range(0, tasks, PREFILL_BATCH):
+                batch = [_message(arm, i, schedule_id) for i in range(start, start + PREFILL_BATCH)]
+                batch = batch[: max(0, tasks - start)]
+                if sender_mw is not None:
+                    batch = list(
+                        await asyncio.gather(
+                            *(maybe_awaitable(sender_mw.pre_send(m)) for m in batch)
+                        )
+                    )
+                    await asyncio.gather(*(maybe_awaitable(sender_mw.post_send(m)) for m in batch))
+                async with client.pipeline(transaction=False) as pipe:
+                    for message in batch:
+                        pipe.lpush(queue, sender.formatter.dumps(message).message)
+                    await pipe.execute()
+    finally:
+        await sender.shutdown()
+
+
+async def drain(arm: str, url: str, tasks: int) -> Measurement:
+    """Pre-fill, then time one receiver draining the queue; return its figures."""
+    flush(url)
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    queue = f"{prefix}:queue"
+    await _prefill(arm, url, queue, prefix, tasks)
+    counter = Completions(tasks)
+    middleware = _middleware(arm, url, prefix)
+    broker = _broker(url, queue, [*([middleware] if middleware else []), counter])
+    broker.is_worker_process = True
+    await broker.startup()
+    receiver = Receiver(
+        broker,
+        max_async_tasks=MAX_ASYNC_TASKS,
+        max_tasks_to_execute=tasks,  # stop fetching after the last one: a clean exit
+        run_startup=False,
+    )
+    try:
+        started = time.perf_counter()
+        listening = asyncio.create_task(receiver.listen(asyncio.Event()))
+        await asyncio.wait_for(counter.done.wait(), DRAIN_TIMEOUT)
+        elapsed = time.perf_counter() - started
+        await asyncio.wait_for(listening, DRAIN_TIMEOUT)
+        executed = getattr(getattr(middleware, "stats", None), "executed", tasks)
+        if counter.count != tasks or executed != tasks:
+            raise RuntimeError(f"{arm}: {counter.count} completions, {executed} claimed")
+    finally:
+        await broker.shutdown()
+    return {"seconds": elapsed, "tasks_per_s": tasks / elapsed}
+
+
+def run(config: Config) -> Result:
+    """Run every arm, interleaved, and compare each to bare taskiq."""
+    tasks = 500 if config.quick else 2_000
+    reps = config.repetitions(full=10, quick=2)
+    result = Result(
+        name=NAME,
+        title="Worker throughput",
+        method=(__doc__ or "").strip(),
+        params={
+            "tasks_per_repetition": tasks,
+            "repetitions": reps,
+            "tasks_per_arm": tasks * reps,
+            "max_async_tasks": MAX_ASYNC_TASKS,
+        },
+    )
+    with private_redis() as server:
+        arms = {arm: functools.partial(drain, arm, server.url, tasks) for arm in ARMS}
+        results = asyncio.run(interleave(arms, reps, warmup=1))
+    for arm in ARMS:
+        result.add(results, arm, "tasks_per_s", "tasks/s", baseline="bare", label=LABELS[arm])
+    result.add(
+        results,
+        "dedup_scheduled",
+        "tasks_per_s",
+        "tasks/s",
+        baseline="bare_2rt",
+        label="DedupMiddleware, scheduled messages, against the 2-round-trip calibration",
+    )
+    scheduled = next(r for r in result.rows if r.arm == "dedup_scheduled" and r.baseline == "bare")
+    assert scheduled.ratio is not None  # noqa: S101 -- the baseline is another arm
+    result.goals.append(
+        Goal(
+            text=f"DedupMiddleware on scheduled messages >= {GOAL} x bare throughput",
+            value=scheduled.ratio["median"],
+            met=scheduled.ratio["median"] >= GOAL,
+        ),
+    )
+    return result
