@@ -19,7 +19,7 @@ pytestmark = pytest.mark.processes
 
 APP = "tests.apps.sched_app"
 WARM_UP = 6.0  # scheduler processes importing and fetching their schedules
-SETTLE = 4.0  # a firing sent just before the stop reaching the worker
+SETTLE = 4.0  # slots this close to the stop may not have been fired by any scheduler yet
 
 
 def executions(redis_url: str, prefix: str) -> list[dict[str, Any]]:
@@ -59,8 +59,10 @@ def test_three_schedulers_two_environments_every_slot_once(
     }
     for name, env in envs.items():
         register(processes, env, name, count=4)
-    for name, env in envs.items():
+    workers = [
         processes.worker(f"{APP}:broker", name=f"{name}-worker", env=env)
+        for name, env in envs.items()
+    ]
     started = time.time()
     schedulers = [
         # --skip-first-run keeps taskiq's loop firing crons on the minute (without it
@@ -86,7 +88,8 @@ def test_three_schedulers_two_environments_every_slot_once(
     stopped = time.time()
     for env in envs.values():
         wait_until(lambda env=env: queue_drained(redis_url, env["DEDUP_PREFIX"]), timeout=30)
-    time.sleep(SETTLE)  # the worker finishing the last messages it took
+    for worker in workers:
+        worker.stop()  # a graceful stop lets the worker finish the messages it took
 
     window = (started + WARM_UP, stopped - SETTLE)
     for name, env in envs.items():
