@@ -1,4 +1,24 @@
-"""Claiming a firing: one atomic Redis script decides which scheduler sends it."""
+"""The claim protocol: which scheduler sends a firing, confirmed once it is queued.
+
+Each schedule has one *firing state* key (a hash, ``KeySpace.firings``) changed
+only by the three scripts below. Its fields:
+
+- ``sent``: the latest slot confirmed in the broker (the cursor); every slot at or
+  before it is sent, or was given up as missed;
+- ``slot``, ``holder``, ``lease_until``: the slot one attempt is sending now
+  (*pending*), the attempt's token and its lease deadline in Redis server time;
+- ``sent_by``: the attempt that confirmed ``sent``, for logs.
+
+A scheduler passes the slots it could fire now (``candidates``: ascending, the
+current slot last) and wins the **earliest unsent** one, so a late or drifting
+tick never skips a slot, and a restart never re-sends one. The winner's claim is
+pending under a short lease until ``post_send`` confirms that the broker took the
+message (``CONFIRM_SCRIPT``); a send that fails releases it (``RELEASE_SCRIPT``),
+and one whose process died lapses. Another scheduler that meets a live pending
+claim waits for it, and takes the slot over once it is released or lapsed. A
+takeover whose first sender did kick (and died before confirming) sends a second
+copy, which the worker guard drops: it keys on the same (schedule, slot).
+"""
 
 from __future__ import annotations
 
@@ -9,39 +29,123 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from redis.exceptions import RedisError
 
 from taskiq_dedup.pipelining import ScriptPipeline
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
 
 logger = logging.getLogger("taskiq_dedup.claims")
 
 CLAIM_SCRIPT = """
--- KEYS[1] = claim key (prefix, schedule id, slot)
--- ARGV[1] = this attempt's holder: host:pid#token, the token new per claim
--- ARGV[2] = time to live in milliseconds
--- returns {1, holder} when this claim holds the firing (also when a retry finds
---         the claim its lost-reply attempt took), {0, other holder} otherwise
-local current = redis.call('GET', KEYS[1])
-if current == ARGV[1] then
-  return {1, current}
-elseif current then
-  return {0, current}
+-- KEYS[1] = the schedule's firing state (a hash)
+-- ARGV[1] = this attempt's token (host:pid#random), the same on every retry
+-- ARGV[2] = pending lease in milliseconds
+-- ARGV[3] = time to live of the state in milliseconds
+-- ARGV[4..n] = candidate slots, ascending; the last is the current slot
+-- returns {verdict, slot, sent before, other holder, lease left in ms}:
+--   'won'      this attempt now holds slot, pending (also a retry of a claim
+--              whose reply was lost)
+--   'takeover' as 'won', after the other holder's pending lease had lapsed
+--   'pending'  the other holder is sending slot under a live lease
+--   'sent'     every candidate is sent already (slot = the cursor)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local h = redis.call('HMGET', KEYS[1], 'sent', 'slot', 'holder', 'lease_until', 'sent_by')
+local sent, holder = h[1], h[3]
+if holder == ARGV[1] then
+  return {'won', h[2], sent or '', '', 0}
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return {1, ARGV[1]}
+if holder and tonumber(h[4]) > now then
+  return {'pending', h[2], sent or '', holder, tonumber(h[4]) - now}
+end
+local pick = false
+if not sent then
+  pick = ARGV[#ARGV]  -- no history (new schedule, or data lost): the current slot only
+else
+  for i = 4, #ARGV do
+    if tonumber(ARGV[i]) > tonumber(sent) then
+      pick = ARGV[i]
+      break
+    end
+  end
+end
+if not pick then
+  return {'sent', sent, sent, h[5] or '', 0}
+end
+redis.call('HSET', KEYS[1], 'slot', pick, 'holder', ARGV[1],
+  'lease_until', string.format('%.0f', now + tonumber(ARGV[2])))
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < tonumber(ARGV[3]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+if holder then
+  return {'takeover', pick, sent or '', holder, 0}
+end
+return {'won', pick, sent or '', '', 0}
 """
+
+CONFIRM_SCRIPT = """
+-- KEYS[1] = the schedule's firing state
+-- ARGV[1] = the attempt's token
+-- ARGV[2] = the slot it sent
+-- ARGV[3] = time to live of the state in milliseconds
+-- returns 1 if this attempt's claim is now sent (also a retry whose first
+-- reply was lost), 0 if another attempt had taken it over (both sent: the
+-- worker guard drops the second copy). The cursor moves forward either way:
+-- the broker holds the firing. A state lost with its data is made anew.
+local h = redis.call('HMGET', KEYS[1], 'holder', 'sent', 'sent_by')
+local mine = h[1] == ARGV[1] or h[3] == ARGV[1]
+if not h[2] or tonumber(ARGV[2]) > tonumber(h[2]) then
+  redis.call('HSET', KEYS[1], 'sent', ARGV[2], 'sent_by', ARGV[1])
+  mine = mine or not h[1]
+end
+if h[1] == ARGV[1] then  -- after the HSET: a hash left empty would be deleted
+  redis.call('HDEL', KEYS[1], 'slot', 'holder', 'lease_until')
+end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < tonumber(ARGV[3]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+if mine then
+  return 1
+end
+return 0
+"""
+
+RELEASE_SCRIPT = """
+-- KEYS[1] = the schedule's firing state
+-- ARGV[1] = the attempt's token
+-- returns 1 if this attempt's pending claim was dropped (its send failed), so a
+-- waiting scheduler takes the slot at once; 0 if it no longer held it
+if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'slot', 'holder', 'lease_until')
+  return 1
+end
+return 0
+"""
+
+PENDING_LEASE = 5.0
+"""Seconds a won claim stays pending before another scheduler may take it over.
+A healthy broker takes a message in milliseconds; a send still running after 5 s
+has most likely hung, and a takeover's second copy is dropped by the worker guard.
+A failed send releases its claim at once, so this bounds only a dead sender."""
 
 CLAIM_RETRY_WINDOW = 5.0
 """Seconds a claim is retried through Redis errors: a failover or restart usually
-ends within it, and it is well inside the shortest slot worth retrying in."""
+ends within it, and it is well inside the shortest slot worth retrying in. It is a
+deadline on the whole claim: each call's timeout is what is left of it."""
 
 CLAIM_RETRY_FIRST_DELAY = 0.1
 """Seconds before the first retry; each later retry waits twice as long."""
+
+Verdict = Literal["won", "takeover", "pending", "sent"]
 
 
 def default_holder(name: str | None = None) -> str:
@@ -51,18 +155,34 @@ def default_holder(name: str | None = None) -> str:
 
 
 @dataclass(frozen=True)
-class ClaimResult:
-    """Outcome of one claim: won or not, and who holds the claim."""
+class Claim:
+    """One reply of ``CLAIM_SCRIPT``."""
 
-    won: bool
+    verdict: Verdict
+    slot: int
+    """The slot won, pending, or the cursor when every candidate is sent."""
+    previous: int | None
+    """The cursor before this claim: slots after it and before ``slot`` were missed."""
     holder: str
+    """The other attempt: pending, taken over, or the sender of the cursor."""
+    lease_left: float
+    """Seconds the other attempt's pending lease has left ('pending' only)."""
+
+    @property
+    def won(self) -> bool:
+        """Whether this attempt now holds ``slot`` and must send it."""
+        return self.verdict in ("won", "takeover")
 
 
-class FiringClaimer:
-    """Claims ``(schedule, slot)`` keys with ``CLAIM_SCRIPT``, retrying briefly.
+class ClaimDeadlineError(RedisError):
+    """A claim could not be decided before its deadline (Redis down or hung)."""
 
-    Concurrent claims share round trips (``ScriptPipeline``): 10k crons due at
-    one minute boundary cost a few round trips over one connection.
+
+class FiringClaims:
+    """Runs the claim protocol's scripts on one client, each within a deadline.
+
+    Concurrent calls share round trips (``ScriptPipeline``): 10k crons due at one
+    minute boundary cost a few round trips over one connection.
     """
 
     def __init__(
@@ -71,36 +191,81 @@ class FiringClaimer:
         holder: str,
         *,
         retry_window: float = CLAIM_RETRY_WINDOW,
+        pending_lease: float = PENDING_LEASE,
     ) -> None:
         self.holder = holder
         self.retry_window = retry_window
-        self._script = redis.register_script(CLAIM_SCRIPT)
+        self.pending_lease_ms = round(pending_lease * 1000)
+        self._claim = redis.register_script(CLAIM_SCRIPT)
+        self._confirm = redis.register_script(CONFIRM_SCRIPT)
+        self._release = redis.register_script(RELEASE_SCRIPT)
         self._pipeline = ScriptPipeline(redis)
 
-    async def claim(self, key: str, ttl_ms: int) -> ClaimResult:
-        """Claim ``key`` for ``ttl_ms``; retry Redis errors for ``retry_window`` s.
+    def new_attempt(self) -> str:
+        """Return a token for one firing attempt: this scheduler's name and a random part."""
+        return f"{self.holder}#{secrets.token_hex(4)}"
 
-        Every retry carries the same per-claim token, so a retry after a reply was
-        lost recognises the claim its first attempt took.
+    async def claim(
+        self,
+        key: str,
+        attempt: str,
+        candidates: Sequence[int],
+        ttl_ms: int,
+    ) -> Claim:
+        """Claim the earliest unsent of ``candidates`` for ``attempt``.
 
-        :raises RedisError: the last error, once the window has passed.
+        :raises RedisError: Redis failed for the whole ``retry_window``.
+        """
+        reply = await self._call(
+            self._claim, key, [attempt, self.pending_lease_ms, ttl_ms, *candidates]
+        )
+        verdict, slot, previous, holder, left = (_text(part) for part in reply)
+        return Claim(
+            verdict=cast("Verdict", verdict),
+            slot=int(slot),
+            previous=int(previous) if previous else None,
+            holder=holder,
+            lease_left=int(left) / 1000,
+        )
+
+    async def confirm(self, key: str, attempt: str, slot: int, ttl_ms: int) -> bool:
+        """Record that ``attempt`` put ``slot`` in the broker; False if taken over."""
+        return bool(await self._call(self._confirm, key, [attempt, slot, ttl_ms]))
+
+    async def release(self, key: str, attempt: str) -> bool:
+        """Drop ``attempt``'s pending claim after a failed send."""
+        return bool(await self._call(self._release, key, [attempt]))
+
+    async def _call(self, script: AsyncScript, key: str, args: list[object]) -> Any:  # noqa: ANN401 -- a script's reply
+        """Run one script, retrying Redis errors until ``retry_window`` has passed.
+
+        Every call is bounded by what is left of the window (the client's own
+        reconnect retries included), so a hung Redis fails the operation on time.
         """
         deadline = time.monotonic() + self.retry_window
         delay = CLAIM_RETRY_FIRST_DELAY
-        attempt = f"{self.holder}#{secrets.token_hex(4)}"
         while True:
+            left = deadline - time.monotonic()
             try:
-                won, holder = await self._pipeline.run(self._script, [key], [attempt, ttl_ms])
-                return ClaimResult(won=bool(won), holder=_text(holder))
-            except RedisError as exc:
+                if left <= 0:
+                    raise ClaimDeadlineError(f"no reply within {self.retry_window}s")
+                return await asyncio.wait_for(
+                    self._pipeline.run(script, [key], args),
+                    timeout=left,
+                )
+            except (RedisError, OSError, asyncio.TimeoutError) as exc:
                 if time.monotonic() + delay > deadline:
-                    raise
-                logger.debug("Claim of %s failed (%s); retrying in %.1fs", key, exc, delay)
+                    if isinstance(exc, RedisError):
+                        raise
+                    raise ClaimDeadlineError(
+                        f"no reply within {self.retry_window}s ({type(exc).__name__})",
+                    ) from exc
+                logger.debug("Claim call on %s failed (%s); retrying in %.1fs", key, exc, delay)
                 await asyncio.sleep(delay)
                 delay *= 2
 
 
-def _text(value: bytes | str | None) -> str:
+def _text(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    return value or "?"
+    return "" if value is None else str(value)

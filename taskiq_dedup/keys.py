@@ -58,9 +58,9 @@ class KeySpace:
         """Return ``<prefix>:<kind>:<part>…`` with each part made safe."""
         return ":".join((self.prefix, kind, *(key_part(part) for part in parts)))
 
-    def claim(self, schedule_id: str, slot: int) -> str:
-        """Key a scheduler takes to send the firing (schedule, slot) once."""
-        return self.key("claim", schedule_id, str(slot))
+    def firings(self, schedule_id: str) -> str:
+        """Key holding which of a schedule's firings are sent or being sent (``claims``)."""
+        return self.key("fire", schedule_id)
 
     def firing(self, schedule_id: str, slot: int) -> str:
         """Key a worker takes to execute the firing (schedule, slot) once."""

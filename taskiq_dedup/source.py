@@ -19,12 +19,18 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from redis.exceptions import RedisError
-from taskiq import ScheduledTask, ScheduleSource
+from taskiq import AsyncBroker, ScheduledTask, ScheduleSource
 from taskiq.exceptions import ScheduledTaskCancelledError
+from taskiq.kicker import AsyncKicker
 from taskiq.serializers import PickleSerializer
 from taskiq.utils import maybe_awaitable
 
-from taskiq_dedup.claims import CLAIM_RETRY_WINDOW, FiringClaimer, default_holder
+from taskiq_dedup.claims import (
+    CLAIM_RETRY_WINDOW,
+    PENDING_LEASE,
+    FiringClaims,
+    default_holder,
+)
 from taskiq_dedup.clock import Clock, utc_now
 from taskiq_dedup.connection import resolve_redis
 from taskiq_dedup.errors import (
@@ -32,15 +38,16 @@ from taskiq_dedup.errors import (
     InvalidScheduleError,
     ScheduleInCodeError,
 )
+from taskiq_dedup.firing import Attempt, FiringCoordinator
 from taskiq_dedup.identity import schedule_id_for
 from taskiq_dedup.keys import DEFAULT_PREFIX, KeySpace
 from taskiq_dedup.labels import SCHEDULE_ID_LABEL, SLOT_LABEL
-from taskiq_dedup.locks import release_lock
+from taskiq_dedup.locks import acquire_lock, release_lock
 from taskiq_dedup.triggers import (
+    LATE_WINDOW,
     OneOffTrigger,
     Trigger,
     describe,
-    epoch_seconds,
     parse_trigger,
 )
 
@@ -62,8 +69,17 @@ ADD_LOCK_TTL = timedelta(seconds=30)
 one fetch of every child and one write, short enough that a crashed caller does
 not block a re-registration at the next start-up."""
 
-MIN_CLAIM_TTL_MS = 1000
-"""A claim lives at least this long even when its slot's window has nearly passed."""
+ADD_WAIT = ADD_LOCK_TTL + timedelta(seconds=5)
+"""How long an ``add_schedule`` that met another caller's lock waits for its
+outcome: the lock's whole life, so a crashed holder's lock has lapsed by then."""
+
+ADD_WAIT_POLL = 0.1
+"""Seconds between looks at another caller's ``add_schedule`` lock."""
+
+RESEND_FIRST_DELAY = 1.0
+"""Seconds before this process retries a firing whose send failed (doubling after
+each failure): a broker blip is usually over by then, and a waiting replica has
+already had the released slot if its own broker is healthy."""
 
 
 @dataclass(frozen=True)
@@ -107,9 +123,19 @@ class SourceStats:
     claimed: int = 0
     """Firings this process claimed (and so is sending)."""
     fired: int = 0
-    """Firings sent to the broker after a won claim (``post_send`` reached)."""
+    """Claimed firings confirmed in the broker (``post_send`` reached)."""
     duplicates_cancelled: int = 0
-    """Firings another scheduler had claimed: not sent."""
+    """Firings another scheduler had sent or was sending: not sent here."""
+    takeovers: int = 0
+    """Firings taken over from a scheduler whose send did not confirm in time."""
+    send_failures: int = 0
+    """Claimed firings whose send failed; released and sent again (here or elsewhere)."""
+    sent_late: int = 0
+    """Firings sent after a later slot was already due (a late or skipped tick)."""
+    missed: int = 0
+    """Firings never sent within the late window, each logged at ERROR."""
+    waits_given_up: int = 0
+    """Firings left to another scheduler whose send outlasted the longest wait."""
     claim_errors: int = 0
     """Claims that failed on Redis errors after retrying."""
     sent_without_claim: int = 0
@@ -157,7 +183,14 @@ class CompositeScheduleSource(ScheduleSource):
     :param one_off_grace: how late a one-off may still be fired.
     :param clock: returns "now"; replace it in tests.
     :param holder: names this scheduler in claims (default ``host:pid``).
-    :param claim_retry_window: seconds a claim is retried through Redis errors.
+    :param claim_retry_window: seconds a claim is retried through Redis errors: a
+        deadline on each claim, confirm and release.
+    :param pending_lease: seconds a claimed firing may take to reach the broker
+        before another scheduler may take it over.
+    :param broker: the broker late firings are sent through: a firing whose send
+        failed (retried here), and a slot a busy tick skipped. Default: the broker
+        of the first child that has one (``LabelScheduleSource``); without one, a
+        later tick sends them.
     :param connection_kwargs: passed to ``Redis.from_url`` with ``redis_url``.
     """
 
@@ -174,6 +207,8 @@ class CompositeScheduleSource(ScheduleSource):
         clock: Clock = utc_now,
         holder: str | None = None,
         claim_retry_window: float = CLAIM_RETRY_WINDOW,
+        pending_lease: float = PENDING_LEASE,
+        broker: AsyncBroker | None = None,
         **connection_kwargs: Any,  # noqa: ANN401 -- forwarded to redis-py
     ) -> None:
         self.sources = list(sources)
@@ -195,17 +230,37 @@ class CompositeScheduleSource(ScheduleSource):
             raise ConfigurationError(
                 detail=f"claim_retry_window must be >= 0, got {claim_retry_window!r}",
             )
+        if not pending_lease > 0:
+            raise ConfigurationError(
+                detail=f"pending_lease must be positive, got {pending_lease!r}",
+            )
         self.keys = KeySpace(prefix)
         self.redis, self._owns_redis = resolve_redis(redis_url, redis, connection_kwargs)
         self.add_to = add_to
         self.on_claim_error = on_claim_error
         self.one_off_grace = one_off_grace
         self.clock = clock
-        self.claimer = FiringClaimer(
+        self.claims = FiringClaims(
             self.redis,
             holder or default_holder(),
             retry_window=claim_retry_window,
+            pending_lease=pending_lease,
         )
+        self.firings = FiringCoordinator(
+            self.claims,
+            self.keys,
+            one_off_grace=one_off_grace,
+        )
+        self.broker = broker or next(
+            (
+                b
+                for b in (getattr(s, "broker", None) for s in self.sources)
+                if isinstance(b, AsyncBroker)
+            ),
+            None,
+        )
+        self._sending: dict[str, tuple[ScheduledTask, Attempt, asyncio.Task[Any] | None]] = {}
+        self._late_senders: dict[str, asyncio.Task[None]] = {}
         self._schedules: dict[str, MergedSchedule] = {}
         self._last_good: dict[int, list[ScheduledTask]] = {}
         self._reported: set[str] = set()
@@ -215,7 +270,19 @@ class CompositeScheduleSource(ScheduleSource):
     @property
     def stats(self) -> SourceStats:
         """A snapshot of the counters."""
-        return dataclasses.replace(self._stats)
+        firing = self.firings.stats
+        return dataclasses.replace(
+            self._stats,
+            claimed=firing.claimed,
+            fired=firing.confirmed,
+            duplicates_cancelled=firing.duplicates_cancelled,
+            takeovers=firing.takeovers,
+            send_failures=firing.send_failures,
+            sent_late=firing.sent_late,
+            missed=firing.missed,
+            waits_given_up=firing.waits_given_up,
+            claim_errors=firing.claim_errors,
+        )
 
     @property
     def schedules(self) -> Mapping[str, MergedSchedule]:
@@ -235,7 +302,9 @@ class CompositeScheduleSource(ScheduleSource):
             raise
 
     async def shutdown(self) -> None:
-        """Stop every child; close the Redis client if this source made it."""
+        """Stop late sends and every child; close the Redis client if this source made it."""
+        for sender in list(self._late_senders.values()):
+            sender.cancel()
         for source in self.sources:
             try:
                 await source.shutdown()
@@ -355,7 +424,11 @@ class CompositeScheduleSource(ScheduleSource):
             logger.warning(message, *args)
 
     async def pre_send(self, task: ScheduledTask) -> None:
-        """Claim the firing; raise ``ScheduledTaskCancelledError`` if it is not ours."""
+        """Claim the firing; raise ``ScheduledTaskCancelledError`` if it is not ours.
+
+        Waits (bounded) while another scheduler's send of the same firing is in
+        flight, and sends it if that send fails or its sender dies.
+        """
         entry = self._schedules.get(task.schedule_id)
         if entry is None:
             logger.info(
@@ -366,42 +439,63 @@ class CompositeScheduleSource(ScheduleSource):
         for origin in entry.origins:
             await maybe_awaitable(origin.source.pre_send(origin.task))
         now = self.clock()
-        slot = entry.trigger.slot(now)
-        key = self.keys.claim(entry.schedule_id, slot)
         try:
-            result = await self.claimer.claim(key, self._claim_ttl_ms(entry.trigger, slot, now))
+            attempt = await self.firings.acquire(entry.schedule_id, entry.trigger, now)
         except RedisError as exc:
-            self._stats.claim_errors += 1
             if self.on_claim_error == "send":
                 self._stats.sent_without_claim += 1
                 logger.error(  # noqa: TRY400 -- one line, no traceback: the cause is named
-                    "Cannot claim %s (%s: %s); sending without a claim (on_claim_error='send')",
-                    key,
+                    "Cannot claim a firing of schedule %s (%s: %s); sending without a claim "
+                    "(on_claim_error='send')",
+                    entry.schedule_id,
                     type(exc).__name__,
                     exc,
                 )
-                self._mark_firing(task, entry.schedule_id, slot)
+                self._mark_firing(task, entry.schedule_id, entry.trigger.slot(now))
                 return
             logger.error(  # noqa: TRY400
-                "Cannot claim %s (%s: %s); firing skipped (on_claim_error='skip')",
-                key,
+                "Cannot claim a firing of schedule %s (%s: %s); firing skipped "
+                "(on_claim_error='skip')",
+                entry.schedule_id,
                 type(exc).__name__,
                 exc,
             )
             raise ScheduledTaskCancelledError from exc
-        if not result.won:
-            self._stats.duplicates_cancelled += 1
-            logger.info("Firing %s was claimed by %s; not sending it again", key, result.holder)
+        if attempt is None:
             raise ScheduledTaskCancelledError
-        self._stats.claimed += 1
-        self._mark_firing(task, entry.schedule_id, slot)
+        self._mark_firing(task, entry.schedule_id, attempt.slot)
+        # taskiq calls post_send only after the broker took the message. If the
+        # send task ends first (the kick raised, --send-timeout cancelled it), the
+        # callback releases the claim, so a waiting scheduler sends at once.
+        sender = asyncio.current_task()
+        self._sending[task.schedule_id] = (task, attempt, sender)
+        if sender is not None:
+            sender.add_done_callback(self._send_ended)
 
-    def _claim_ttl_ms(self, trigger: Trigger, slot: int, now: Any) -> int:  # noqa: ANN401
-        if isinstance(trigger, OneOffTrigger):
-            expiry = trigger.claim_expiry(slot, self.one_off_grace)
-        else:
-            expiry = trigger.claim_expiry(slot)
-        return max(MIN_CLAIM_TTL_MS, (expiry - epoch_seconds(now)) * 1000)
+    def _send_ended(self, sender: asyncio.Task[Any]) -> None:
+        """Release every claim a finished send task won but did not confirm."""
+        for schedule_id, (task, attempt, owner) in list(self._sending.items()):
+            if owner is sender:
+                del self._sending[schedule_id]
+                asyncio.get_running_loop().create_task(self._send_failed(task, attempt))
+
+    async def _send_failed(self, task: ScheduledTask, attempt: Attempt) -> None:
+        logger.error(
+            "Sending firing %s of schedule %s failed; releasing it for another attempt",
+            attempt.slot,
+            attempt.schedule_id,
+        )
+        try:
+            await self.firings.release(attempt)
+        except RedisError as exc:
+            logger.error(  # noqa: TRY400
+                "Cannot release firing %s of schedule %s (%s); it is retried once its "
+                "pending lease lapses",
+                attempt.slot,
+                attempt.schedule_id,
+                exc,
+            )
+        self._send_late(task.schedule_id, delay=RESEND_FIRST_DELAY)
 
     @staticmethod
     def _mark_firing(task: ScheduledTask, schedule_id: str, slot: int) -> None:
@@ -411,11 +505,31 @@ class CompositeScheduleSource(ScheduleSource):
             task.task_id = f"{schedule_id}-{slot}"
 
     async def post_send(self, task: ScheduledTask) -> None:
-        """Pass ``post_send`` to every copy's child with the child's own task."""
-        self._stats.fired += 1
+        """Confirm the claim; pass ``post_send`` to every copy's child."""
+        sending = self._sending.get(task.schedule_id)
+        if sending is not None and sending[0] is task:
+            del self._sending[task.schedule_id]
+            _, attempt, sender = sending
+            if sender is not None:
+                sender.remove_done_callback(self._send_ended)
+            try:
+                await self.firings.confirm(attempt)
+            except RedisError as exc:
+                logger.error(  # noqa: TRY400
+                    "Cannot confirm firing %s of schedule %s (%s); another scheduler may "
+                    "send it again once its pending lease lapses (the worker guard drops it)",
+                    attempt.slot,
+                    attempt.schedule_id,
+                    exc,
+                )
+            if attempt.behind:
+                self._send_late(task.schedule_id)
         entry = self._schedules.get(task.schedule_id)
         if entry is None:
             return
+        await self._children_sent(entry)
+
+    async def _children_sent(self, entry: MergedSchedule) -> None:
         for origin in entry.origins:
             try:
                 await maybe_awaitable(origin.source.post_send(origin.task))
@@ -427,6 +541,86 @@ class CompositeScheduleSource(ScheduleSource):
                 )
         if isinstance(entry.trigger, OneOffTrigger):
             self._schedules.pop(entry.schedule_id, None)
+
+    # ------------------------------------------------------------ late sends
+
+    def _send_late(self, public_id: str, *, delay: float = 0.0) -> None:
+        """Send what is still due of a schedule through ``broker``, in the background.
+
+        Used after a failed send, and after a late slot when the current one is
+        still due. At most one such sender runs per schedule.
+        """
+        entry = self._schedules.get(public_id)
+        if self.broker is None or entry is None:
+            return
+        running = self._late_senders.get(public_id)
+        if running is not None and not running.done():
+            return
+        sender = asyncio.get_running_loop().create_task(self._late_sends(entry, delay))
+        self._late_senders[public_id] = sender
+        sender.add_done_callback(lambda _: self._late_senders.pop(public_id, None))
+
+    async def _late_sends(self, entry: MergedSchedule, delay: float) -> None:
+        """Claim and send the schedule's unsent slots until none is left."""
+        assert self.broker is not None  # noqa: S101 -- checked by _send_late
+        give_up = asyncio.get_running_loop().time() + LATE_WINDOW.total_seconds()
+        while True:
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                attempt = await self.firings.acquire(entry.schedule_id, entry.trigger, self.clock())
+            except RedisError as exc:
+                logger.error(  # noqa: TRY400
+                    "Cannot claim late firings of schedule %s (%s); a later tick retries",
+                    entry.schedule_id,
+                    exc,
+                )
+                return
+            if attempt is None:
+                return
+            task = entry.task.model_copy(deep=True)
+            self._mark_firing(task, entry.schedule_id, attempt.slot)
+            try:
+                await (
+                    AsyncKicker(task.task_name, self.broker, task.labels)
+                    .with_labels(schedule_id=task.schedule_id)
+                    .with_task_id(task_id=task.task_id)
+                    .kiq(*task.args, **task.kwargs)
+                )
+            except Exception as exc:
+                logger.error(  # noqa: TRY400
+                    "Sending firing %s of schedule %s failed again (%s: %s)",
+                    attempt.slot,
+                    entry.schedule_id,
+                    type(exc).__name__,
+                    exc,
+                )
+                try:
+                    await self.firings.release(attempt)
+                except RedisError:
+                    logger.debug("Release failed too; the pending lease lapses on its own")
+                delay = max(2 * delay, RESEND_FIRST_DELAY)
+                if asyncio.get_running_loop().time() + delay > give_up:
+                    logger.error(  # noqa: TRY400 -- the cause was logged above
+                        "Giving up resending firing %s of schedule %s from this scheduler",
+                        attempt.slot,
+                        entry.schedule_id,
+                    )
+                    return
+                continue
+            try:
+                await self.firings.confirm(attempt)
+            except RedisError as exc:
+                logger.error(  # noqa: TRY400
+                    "Cannot confirm late firing %s of schedule %s (%s)",
+                    attempt.slot,
+                    entry.schedule_id,
+                    exc,
+                )
+            await self._children_sent(entry)
+            if not attempt.behind:
+                return
+            delay = 0.0
 
     async def add_schedule(self, schedule: ScheduledTask) -> None:
         """Add ``schedule`` under its deterministic id unless it already exists.
@@ -444,9 +638,17 @@ class CompositeScheduleSource(ScheduleSource):
         lock_key = self.keys.add_lock(schedule.schedule_id)
         token = uuid.uuid4().hex
         ttl_ms = int(ADD_LOCK_TTL.total_seconds() * 1000)
-        if not await self.redis.set(lock_key, token, nx=True, px=ttl_ms):
+        give_up = asyncio.get_running_loop().time() + ADD_WAIT.total_seconds()
+        # The loser of the lock waits for the holder's outcome: the schedule is
+        # stored, or the holder failed (lock released or lapsed) and we write it.
+        while not await acquire_lock(self.redis, lock_key, token, ttl_ms):
+            if asyncio.get_running_loop().time() > give_up:
+                raise TimeoutError(
+                    f"add_schedule of {describe(schedule)}: another caller held "
+                    f"{lock_key} for {ADD_WAIT.total_seconds():.0f}s",
+                )
             logger.debug("Schedule %s is being added by another process", schedule.schedule_id)
-            return
+            await asyncio.sleep(ADD_WAIT_POLL)
         try:
             if schedule.schedule_id in await self.refresh():
                 logger.debug("Schedule %s exists; not adding it again", schedule.schedule_id)

@@ -9,8 +9,15 @@ scheduler host:
   so replicas started at different moments agree;
 * one-off: the one-off's own time.
 
-Each trigger also says until when a claim on a slot must live: until the slot can
-no longer be fired again by any scheduler, plus ``CLAIM_GRACE``.
+A scheduler's tick may come late (taskiq matches a cron anywhere in its minute; a
+busy loop slips) or be skipped (the loop holds a schedule while its previous send
+is in flight), so a tick offers every slot still due — its *candidates*, the
+slots of the last ``LATE_WINDOW`` (plus one period for intervals), current slot
+last — and the claim protocol sends the earliest one not yet sent.
+
+Each trigger also says until when a schedule's firing state must live after a
+slot was claimed: until the next slot's candidates have all passed, plus
+``CLAIM_GRACE``.
 """
 
 from __future__ import annotations
@@ -37,9 +44,14 @@ CLAIM_GRACE = timedelta(seconds=10)
 """How long a claim outlives the last moment its slot can be fired again: covers
 ``MAX_CLOCK_SKEW`` plus a send held up by a slow broker or Redis."""
 
-CRON_REFIRE_WINDOW = timedelta(minutes=1)
-"""taskiq's loop matches cron per minute, so a scheduler (re)started within the
-slot's minute fires it again (taskiq issue #244): the claim must cover it."""
+LATE_WINDOW = timedelta(minutes=2)
+"""How late a slot may still be sent. taskiq's loop matches a cron anywhere in its
+minute (a scheduler started at :40 fires at :40), and a claim may wait out a
+Redis retry window and a dead sender's pending lease on top: two minutes covers
+all three. A slot older than this that was never sent is logged as missed."""
+
+MAX_CANDIDATES = 256
+"""Slots offered by one tick at most (a 1 s interval offers ~180): bounds a claim's size."""
 
 _UTC_NAMES = {"utc", "etc/utc", "z", "gmt"}
 
@@ -96,20 +108,59 @@ class CronTrigger:
         fired: datetime = croniter(self.expression, self._local(end)).get_prev(datetime)
         return epoch_seconds(self._to_utc(fired))
 
+    def candidates(self, now: datetime) -> list[int]:
+        """Return the cron times of the last ``LATE_WINDOW`` up to the current slot, ascending."""
+        return list(_cron_candidates(self, epoch_seconds(now + MAX_CLOCK_SKEW) // 60))
+
+    def _candidates_of_minute(self, minute: int) -> tuple[int, ...]:
+        current = self._slot_of_minute(minute)
+        earliest = minute * 60 + 60 - int((LATE_WINDOW + MAX_CLOCK_SKEW).total_seconds())
+        found = [current]
+        local = croniter(
+            self.expression,
+            self._local(datetime.fromtimestamp(current, tz=timezone.utc)),
+        )
+        while len(found) < MAX_CANDIDATES:
+            earlier = epoch_seconds(self._to_utc(local.get_prev(datetime)))
+            if earlier < earliest:
+                break
+            found.append(earlier)
+        return tuple(sorted(found))
+
     def next_fire(self, now: datetime) -> datetime:
         """Return the next cron time after ``now``, in UTC."""
         nxt: datetime = croniter(self.expression, self._local(now)).get_next(datetime)
         return self._to_utc(nxt)
 
-    def claim_expiry(self, slot: int) -> int:
-        """Epoch seconds at which a claim on ``slot`` may expire."""
-        return slot + int((CRON_REFIRE_WINDOW + CLAIM_GRACE).total_seconds())
+    def slots_between(self, after: int, before: int) -> list[int]:
+        """Cron times strictly between two slots (at most ``MAX_CANDIDATES``)."""
+        found: list[int] = []
+        local = croniter(
+            self.expression, self._local(datetime.fromtimestamp(after, tz=timezone.utc))
+        )
+        while len(found) < MAX_CANDIDATES:
+            slot = epoch_seconds(self._to_utc(local.get_next(datetime)))
+            if slot >= before:
+                break
+            found.append(slot)
+        return found
+
+    def state_expiry(self, slot: int) -> int:
+        """Epoch seconds until which the firing state must outlive a claim on ``slot``."""
+        following = epoch_seconds(self.next_fire(datetime.fromtimestamp(slot, tz=timezone.utc)))
+        return following + int((LATE_WINDOW + MAX_CLOCK_SKEW + CLAIM_GRACE).total_seconds())
 
 
 @functools.lru_cache(maxsize=16384)
 def _cron_slot(trigger: CronTrigger, minute: int) -> int:
     """``trigger``'s latest cron time within or before ``minute`` (epoch minutes)."""
     return trigger._slot_of_minute(minute)  # the cached half of slot()
+
+
+@functools.lru_cache(maxsize=16384)
+def _cron_candidates(trigger: CronTrigger, minute: int) -> tuple[int, ...]:
+    """``trigger``'s candidates at ``minute`` (epoch minutes), computed once a minute."""
+    return trigger._candidates_of_minute(minute)
 
 
 @dataclass(frozen=True)
@@ -126,14 +177,31 @@ class IntervalTrigger:
         """Epoch seconds at which the bucket holding ``now`` starts."""
         return epoch_seconds(now) // self.seconds * self.seconds
 
+    def candidates(self, now: datetime) -> list[int]:
+        """Bucket starts of the last period plus ``LATE_WINDOW``, the current one last.
+
+        A tick that slipped past a bucket boundary finds the bucket it skipped here.
+        """
+        current = self.slot(now)
+        reach = self.seconds + int(LATE_WINDOW.total_seconds())
+        count = min(MAX_CANDIDATES, reach // self.seconds + 1)
+        return [current - self.seconds * back for back in range(count - 1, -1, -1)]
+
     def next_fire(self, now: datetime) -> datetime:
         """Start of the bucket after the one holding ``now``."""
         start = self.slot(now) + self.seconds
         return datetime.fromtimestamp(start, tz=timezone.utc)
 
-    def claim_expiry(self, slot: int) -> int:
-        """Return when a claim may expire: the bucket end plus ``CLAIM_GRACE``."""
-        return slot + self.seconds + int(CLAIM_GRACE.total_seconds())
+    def slots_between(self, after: int, before: int) -> list[int]:
+        """Bucket starts strictly between two slots (at most ``MAX_CANDIDATES``)."""
+        first = after // self.seconds * self.seconds + self.seconds
+        return list(range(first, before, self.seconds))[:MAX_CANDIDATES]
+
+    def state_expiry(self, slot: int) -> int:
+        """Epoch seconds until which the firing state must outlive a claim on ``slot``."""
+        following = slot + self.seconds
+        reach = self.seconds + int((LATE_WINDOW + CLAIM_GRACE).total_seconds())
+        return following + reach
 
 
 @dataclass(frozen=True)
@@ -150,12 +218,23 @@ class OneOffTrigger:
         """Epoch seconds of the one-off time."""
         return epoch_seconds(self.at)
 
+    def candidates(self, now: datetime) -> list[int]:
+        """Return the one-off's own slot."""
+        return [self.slot(now)]
+
+    def slots_between(self, after: int, before: int) -> list[int]:
+        """Return nothing: a one-off has no other slots."""
+        return []
+
     def next_fire(self, now: datetime) -> datetime | None:
         """Return the one-off time if it is still ahead, else ``None``."""
         return self.at if self.at > as_utc(now) else None
 
-    def claim_expiry(self, slot: int, grace: timedelta) -> int:
-        """Return when a claim may expire: ``grace`` after the time, plus ``CLAIM_GRACE``."""
+    def state_expiry(self, slot: int, grace: timedelta) -> int:
+        """Return when the state may expire: ``grace`` after the time, plus ``CLAIM_GRACE``.
+
+        A decorator one-off is seen again at every scheduler start within ``grace``.
+        """
         return slot + int((grace + CLAIM_GRACE).total_seconds())
 
 

@@ -1,63 +1,258 @@
-"""FiringClaimer: one winner per key, also when thousands of claims are due at once."""
+"""The claim protocol (``FiringClaims``): one row of docs/DESIGN.md's table per test.
+
+Every test runs the real scripts on a real redis-server; lease and TTL checks read
+Redis's own clock (PTTL, server-side lease deadlines), not a fake one.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
 
+import pytest
 from redis.asyncio import Redis
 
-from taskiq_dedup.claims import FiringClaimer
+from taskiq_dedup.claims import FiringClaims
 from taskiq_dedup.keys import KeySpace
+from tests.reliability.proxy import LatencyProxy
+from tests.support.polling import eventually
 from tests.support.redis_server import RedisServer
 
+TTL_MS = 600_000
 
-async def test_a_burst_has_one_winner_per_key_over_few_connections(own_redis: RedisServer) -> None:
+
+@pytest.fixture
+async def client(own_redis: RedisServer) -> AsyncIterator[Redis]:
+    redis = Redis.from_url(own_redis.url)
+    try:
+        yield redis
+    finally:
+        await redis.aclose()
+
+
+@pytest.fixture
+def key(prefix: str) -> str:
+    return KeySpace(prefix).firings("nightly")
+
+
+def claims_on(redis: Redis, name: str = "a", **options: float) -> FiringClaims:
+    return FiringClaims(redis, name, **options)
+
+
+async def test_a_new_schedule_wins_only_its_current_slot(client: Redis, key: str) -> None:
+    claims = claims_on(client)
+    claim = await claims.claim(key, claims.new_attempt(), [10, 20, 30], TTL_MS)
+    assert (claim.verdict, claim.slot, claim.previous) == ("won", 30, None)
+
+
+async def test_a_late_tick_wins_the_earliest_unsent_slot(client: Redis, key: str) -> None:
+    claims = claims_on(client)
+    first = claims.new_attempt()
+    assert (await claims.claim(key, first, [10], TTL_MS)).slot == 10
+    assert await claims.confirm(key, first, 10, TTL_MS)
+    late = await claims.claim(key, claims.new_attempt(), [10, 20, 30], TTL_MS)
+    assert (late.verdict, late.slot, late.previous) == ("won", 20, 10)
+
+
+async def test_sent_slots_are_not_won_again(client: Redis, key: str) -> None:
+    claims = claims_on(client)
+    attempt = claims.new_attempt()
+    await claims.claim(key, attempt, [10, 20], TTL_MS)
+    await claims.confirm(key, attempt, 20, TTL_MS)
+    again = await claims_on(client, "b").claim(key, "b#1", [10, 20], TTL_MS)
+    assert (again.verdict, again.slot, again.holder) == ("sent", 20, attempt)
+
+
+async def test_a_live_pending_claim_makes_others_wait(client: Redis, key: str) -> None:
+    holder = claims_on(client, "a", pending_lease=30)
+    attempt = holder.new_attempt()
+    await holder.claim(key, attempt, [10], TTL_MS)
+    other = await claims_on(client, "b").claim(key, "b#1", [10], TTL_MS)
+    assert (other.verdict, other.slot, other.holder) == ("pending", 10, attempt)
+    assert 25 < other.lease_left <= 30
+
+
+async def test_a_lapsed_pending_claim_is_taken_over(client: Redis, key: str) -> None:
+    holder = claims_on(client, "a", pending_lease=0.3)
+    attempt = holder.new_attempt()
+    await holder.claim(key, attempt, [10], TTL_MS)  # the holder dies here
+    other = claims_on(client, "b")
+    replies = []
+
+    async def taken_over() -> bool:
+        replies.append(await other.claim(key, "b#1", [10], TTL_MS))
+        return replies[-1].won
+
+    await eventually(taken_over, timeout=5)
+    assert replies[0].verdict == "pending"  # not before the lease lapsed by Redis's clock
+    assert (replies[-1].verdict, replies[-1].slot, replies[-1].holder) == ("takeover", 10, attempt)
+
+
+async def test_a_released_claim_is_won_at_once(client: Redis, key: str) -> None:
+    holder = claims_on(client, "a", pending_lease=30)
+    attempt = holder.new_attempt()
+    await holder.claim(key, attempt, [10], TTL_MS)
+    assert not await holder.release(key, "someone-else")
+    assert await holder.release(key, attempt)  # the send failed
+    assert not await holder.release(key, attempt)  # a retried release changes nothing
+    other = await claims_on(client, "b").claim(key, "b#1", [10], TTL_MS)
+    assert (other.verdict, other.slot) == ("won", 10)
+
+
+async def test_confirm_after_a_takeover_moves_the_cursor_and_keeps_the_new_holder(
+    client: Redis, key: str
+) -> None:
+    first = claims_on(client, "a", pending_lease=0.2)
+    attempt = first.new_attempt()
+    await first.claim(key, attempt, [10], TTL_MS)
+    second = claims_on(client, "b", pending_lease=30)
+
+    async def won() -> bool:
+        return (await second.claim(key, "b#1", [10], TTL_MS)).won
+
+    await eventually(won, timeout=5)
+    assert not await first.confirm(key, attempt, 10, TTL_MS)  # it did send: a second copy
+    fields = await client.hgetall(key)
+    assert fields[b"sent"] == b"10"
+    assert fields[b"holder"] == b"b#1"
+    assert await second.confirm(key, "b#1", 10, TTL_MS)
+    assert b"holder" not in await client.hgetall(key)
+
+
+async def test_confirm_recreates_a_state_lost_with_its_data(client: Redis, key: str) -> None:
+    claims = claims_on(client)
+    attempt = claims.new_attempt()
+    await claims.claim(key, attempt, [10], TTL_MS)
+    await client.delete(key)  # a Redis restart without persistence
+    assert await claims.confirm(key, attempt, 10, TTL_MS)
+    assert (await claims_on(client, "b").claim(key, "b#1", [10], TTL_MS)).verdict == "sent"
+
+
+async def test_the_state_lives_its_ttl_by_redis_clock_and_is_never_shortened(
+    client: Redis, key: str
+) -> None:
+    claims = claims_on(client)
+    attempt = claims.new_attempt()
+    await claims.claim(key, attempt, [10], 50_000)
+    assert 45_000 < await client.pttl(key) <= 50_000
+    await claims.confirm(key, attempt, 10, 1_000)  # a shorter TTL does not cut it
+    assert 45_000 < await client.pttl(key) <= 50_000
+    await claims.claim(key, claims.new_attempt(), [10, 20], 90_000)
+    assert 85_000 < await client.pttl(key) <= 90_000
+
+
+async def test_a_short_ttl_really_expires(client: Redis, key: str) -> None:
+    claims = claims_on(client)
+    attempt = claims.new_attempt()
+    await claims.claim(key, attempt, [10], 300)
+    await claims.confirm(key, attempt, 10, 300)
+
+    async def gone() -> bool:
+        return not await client.exists(key)
+
+    await eventually(gone, timeout=5)
+    fresh = await claims.claim(key, claims.new_attempt(), [10], TTL_MS)
+    assert (fresh.verdict, fresh.slot) == ("won", 10)
+
+
+@pytest.fixture
+def proxy(own_redis: RedisServer) -> Iterator[LatencyProxy]:
+    server = LatencyProxy(own_redis.port).start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+async def test_every_script_is_safe_to_retry_after_a_lost_reply(
+    proxy: LatencyProxy, key: str
+) -> None:
+    redis = Redis.from_url(proxy.url)
+    try:
+        claims = claims_on(redis, "a", pending_lease=30)
+        loading = claims.new_attempt()
+        await claims.claim(key, loading, [5], TTL_MS)  # scripts loaded
+        await claims.release(key, "nobody")
+        await claims.confirm(key, loading, 5, TTL_MS)
+        attempt = claims.new_attempt()
+        proxy.drop_next_reply()
+        claim = await claims.claim(key, attempt, [10], TTL_MS)  # retried on a new connection
+        assert (claim.verdict, claim.slot) == ("won", 10)
+        proxy.drop_next_reply()
+        assert await claims.confirm(key, attempt, 10, TTL_MS)  # the retry still says "mine"
+    finally:
+        await redis.aclose()
+
+
+async def test_a_claim_on_a_hung_redis_fails_within_its_deadline(
+    own_redis: RedisServer, key: str
+) -> None:
+    redis = Redis.from_url(own_redis.url, socket_timeout=5)
+    try:
+        claims = claims_on(redis, "a", retry_window=1.0)
+        await claims.claim(key, claims.new_attempt(), [5], TTL_MS)
+        assert own_redis.process is not None
+        own_redis.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(Exception, match="no reply within"):
+                await claims.claim(key, claims.new_attempt(), [10], TTL_MS)
+            elapsed = time.monotonic() - started
+        finally:
+            own_redis.process.send_signal(signal.SIGCONT)
+    finally:
+        await redis.aclose()
+    # The socket timeout alone is 5 s and the client retries it: the deadline cut it.
+    assert elapsed < 3
+
+
+async def test_a_burst_has_one_winner_per_schedule_over_few_connections(
+    own_redis: RedisServer,
+) -> None:
     keys = KeySpace("burst")
     clients = [Redis.from_url(own_redis.url) for _ in range(3)]
     try:
-        claimers = [FiringClaimer(c, f"scheduler-{i}") for i, c in enumerate(clients)]
-        firing_keys = [keys.claim(f"s{i}", 60) for i in range(3000)]
+        schedulers = [claims_on(c, f"scheduler-{i}") for i, c in enumerate(clients)]
+        firing_keys = [keys.firings(f"s{i}") for i in range(3000)]
+        claims = [
+            (key, scheduler, scheduler.new_attempt())
+            for key in firing_keys
+            for scheduler in schedulers
+        ]
         results = await asyncio.gather(
-            *(claimer.claim(key, 60_000) for key in firing_keys for claimer in claimers),
+            *(scheduler.claim(key, attempt, [60], TTL_MS) for key, scheduler, attempt in claims),
         )
         winners: dict[str, set[str]] = {}
-        for index, result in enumerate(results):
-            key = firing_keys[index // 3]
+        for (key, _, attempt), result in zip(claims, results, strict=True):
             if result.won:
-                winners.setdefault(key, set()).add(result.holder)
+                winners.setdefault(key, set()).add(attempt)
         assert sorted(winners) == sorted(firing_keys)
         assert all(len(holders) == 1 for holders in winners.values())
         losers = [r for r in results if not r.won]
         assert len(losers) == 2 * len(firing_keys)
-        assert all(r.holder.startswith("scheduler-") for r in losers)
+        assert all(r.verdict == "pending" and r.holder.startswith("scheduler-") for r in losers)
         info = await clients[0].info("clients")
         assert info["connected_clients"] <= 3 * 2 + 1  # batched: not one connection per claim
-        stats = await clients[0].info("commandstats")
-        assert (
-            stats["cmdstat_evalsha"]["calls"] + stats.get("cmdstat_eval", {"calls": 0})["calls"]
-            >= 9000
-        )
     finally:
         for client in clients:
             await client.aclose()
 
 
-async def test_a_single_claim_is_one_round_trip(own_redis: RedisServer) -> None:
-    client = Redis.from_url(own_redis.url)
-    try:
-        claimer = FiringClaimer(client, "me")
-        first = await claimer.claim("k:1", 1000)
-        await client.config_resetstat()
-        second = await claimer.claim("k:1", 1000)
-        stats = await client.info("commandstats")
-        assert first.won
-        assert not second.won
-        assert second.holder.startswith("me#")
-        # One EVALSHA on the wire (commandstats also counts the GET run inside the
-        # script, and a connection may add a health-check PING): no SET, no reload.
-        assert stats["cmdstat_evalsha"]["calls"] == 1
-        assert not {"cmdstat_set", "cmdstat_eval", "cmdstat_script", "cmdstat_script|load"} & set(
-            stats
-        )
-    finally:
-        await client.aclose()
+async def test_a_single_claim_is_one_round_trip(client: Redis, key: str) -> None:
+    claims = claims_on(client, "me")
+    first = claims.new_attempt()
+    await claims.claim(key, first, [60], TTL_MS)
+    await claims.confirm(key + "-warm", "x", 1, TTL_MS)  # loads the script once
+    await client.config_resetstat()
+    second = await claims.claim(key, claims.new_attempt(), [60], TTL_MS)
+    await claims.confirm(key, first, 60, TTL_MS)
+    stats = await client.info("commandstats")
+    assert second.verdict == "pending"
+    # One EVALSHA per decision on the wire (commandstats also counts the commands
+    # run inside the scripts): no SET, no script reload.
+    assert stats["cmdstat_evalsha"]["calls"] == 2, stats
+    assert not {"cmdstat_set", "cmdstat_eval", "cmdstat_script", "cmdstat_script|load"} & set(
+        stats
+    )

@@ -1,0 +1,216 @@
+"""Deciding one firing: claim its slot, wait out another sender, confirm or release.
+
+``FiringCoordinator`` drives the claim protocol of ``claims`` for a scheduler of
+any kind (it knows schedules only by id and trigger, not taskiq or APScheduler):
+
+1. ``acquire`` offers the trigger's candidate slots and gets the earliest unsent
+   one, pending under this attempt's lease. Another sender's live pending claim is
+   waited for - it confirms (nothing to do), releases after a failed send, or lapses
+   (its process died) and is taken over - for at most ``wait`` seconds.
+2. The adapter sends the firing, then calls ``confirm``; a failed send calls
+   ``release``, so a waiting scheduler sends at once.
+
+Slots that fell out of the window unsent are reported once (by the winner that
+skips past them) at ERROR, naming schedule and slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
+
+from taskiq_dedup.claims import PENDING_LEASE, FiringClaims
+from taskiq_dedup.triggers import OneOffTrigger, Trigger, epoch_seconds
+
+if TYPE_CHECKING:
+    from taskiq_dedup.keys import KeySpace
+
+logger = logging.getLogger("taskiq_dedup.firing")
+
+MIN_STATE_TTL_MS = 1000
+"""A firing state lives at least this long, even when its window has nearly passed."""
+
+WAIT_MARGIN = 1.0
+"""Seconds a scheduler waits beyond a pending claim's lease before giving up: lets
+the lease lapse by Redis's clock (which may run a little behind this host's)."""
+
+WAIT_POLL = 0.05
+"""Seconds between looks at another sender's pending claim at first; doubled up to
+``WAIT_POLL_MAX``. A healthy sender confirms within milliseconds."""
+
+WAIT_POLL_MAX = 0.5
+"""The longest pause between looks at a pending claim."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A won claim: this process must send ``slot`` and then confirm or release."""
+
+    schedule_id: str
+    key: str
+    token: str
+    slot: int
+    ttl_ms: int
+    behind: bool
+    """An older slot was won: the current one is still due after it."""
+    takeover: bool
+
+
+@dataclass
+class FiringStats:
+    """Counters of one coordinator since it was made."""
+
+    claimed: int = 0
+    """Slots this process won (and so is sending)."""
+    confirmed: int = 0
+    """Won slots confirmed in the broker."""
+    duplicates_cancelled: int = 0
+    """Firings another scheduler had sent or was sending: not sent here."""
+    takeovers: int = 0
+    """Slots taken over from a sender whose pending lease lapsed."""
+    send_failures: int = 0
+    """Won slots whose send failed; released for another attempt."""
+    sent_late: int = 0
+    """Won slots older than the tick's current slot (a skipped or late tick)."""
+    missed: int = 0
+    """Slots never sent within the late window, reported at ERROR."""
+    waits_given_up: int = 0
+    """Pending claims still live after the longest wait: left to their sender."""
+    claim_errors: int = 0
+    """Claims that failed on Redis errors after retrying (see the adapter's policy)."""
+
+
+class FiringCoordinator:
+    """Claims, confirms and releases firings for one scheduler process."""
+
+    def __init__(
+        self,
+        claims: FiringClaims,
+        keys: KeySpace,
+        *,
+        one_off_grace: timedelta,
+        wait: float = PENDING_LEASE + WAIT_MARGIN,
+    ) -> None:
+        self.claims = claims
+        self.keys = keys
+        self.one_off_grace = one_off_grace
+        self.wait = wait
+        self.stats = FiringStats()
+
+    def state_ttl_ms(self, trigger: Trigger, slot: int, now: datetime) -> int:
+        """How long the firing state must live after a claim on ``slot`` at ``now``."""
+        if isinstance(trigger, OneOffTrigger):
+            expiry = trigger.state_expiry(slot, self.one_off_grace)
+        else:
+            expiry = trigger.state_expiry(slot)
+        return max(MIN_STATE_TTL_MS, (expiry - epoch_seconds(now)) * 1000)
+
+    async def acquire(self, schedule_id: str, trigger: Trigger, now: datetime) -> Attempt | None:
+        """Win the earliest unsent slot due at ``now``, or return ``None`` if it is not ours.
+
+        :raises RedisError: Redis failed for the claim's whole retry window.
+        """
+        candidates = trigger.candidates(now)
+        key = self.keys.firings(schedule_id)
+        token = self.claims.new_attempt()
+        ttl_ms = self.state_ttl_ms(trigger, candidates[-1], now)
+        give_up = time.monotonic() + self.wait
+        poll = WAIT_POLL
+        while True:
+            try:
+                claim = await self.claims.claim(key, token, candidates, ttl_ms)
+            except Exception:
+                self.stats.claim_errors += 1
+                raise
+            if claim.won:
+                break
+            if claim.verdict == "sent":
+                self.stats.duplicates_cancelled += 1
+                logger.info(
+                    "Firing %s of schedule %s was sent by %s; not sending it again",
+                    claim.slot,
+                    schedule_id,
+                    claim.holder,
+                )
+                return None
+            pause = min(poll, claim.lease_left + 0.01)
+            if time.monotonic() + pause > give_up:
+                self.stats.waits_given_up += 1
+                logger.warning(
+                    "Firing %s of schedule %s is still being sent by %s after %.1fs; "
+                    "leaving it to that sender (a later tick takes it over if it died)",
+                    claim.slot,
+                    schedule_id,
+                    claim.holder,
+                    self.wait,
+                )
+                return None
+            await asyncio.sleep(pause)
+            poll = min(poll * 2, WAIT_POLL_MAX)
+        self.stats.claimed += 1
+        attempt = Attempt(
+            schedule_id=schedule_id,
+            key=key,
+            token=token,
+            slot=claim.slot,
+            ttl_ms=ttl_ms,
+            behind=claim.slot < candidates[-1],
+            takeover=claim.verdict == "takeover",
+        )
+        if attempt.takeover:
+            self.stats.takeovers += 1
+            logger.warning(
+                "Took over firing %s of schedule %s from %s, whose send did not "
+                "confirm within its lease",
+                claim.slot,
+                schedule_id,
+                claim.holder,
+            )
+        if attempt.behind:
+            self.stats.sent_late += 1
+            logger.warning(
+                "Sending firing %s of schedule %s late (%ds after its time)",
+                claim.slot,
+                schedule_id,
+                epoch_seconds(now) - claim.slot,
+            )
+        if claim.previous is not None:
+            self._report_missed(schedule_id, trigger, claim.previous, claim.slot)
+        return attempt
+
+    def _report_missed(self, schedule_id: str, trigger: Trigger, after: int, before: int) -> None:
+        """Log, once across schedulers, the slots between the cursor and the one won."""
+        for slot in trigger.slots_between(after, before):
+            self.stats.missed += 1
+            logger.error(
+                "Firing %s (%s) of schedule %s was never sent: every scheduler was down, "
+                "blocked or failing past the late window",
+                slot,
+                datetime.fromtimestamp(slot, tz=timezone.utc).isoformat(),
+                schedule_id,
+            )
+
+    async def confirm(self, attempt: Attempt) -> None:
+        """Record that the broker took ``attempt``'s firing.
+
+        :raises RedisError: Redis failed for the whole retry window; the pending
+            claim then lapses and another scheduler may send a second copy, which
+            the worker guard drops.
+        """
+        self.stats.confirmed += 1
+        if not await self.claims.confirm(attempt.key, attempt.token, attempt.slot, attempt.ttl_ms):
+            logger.info(
+                "Firing %s of schedule %s was taken over while this send ran; the worker "
+                "guard drops the second copy",
+                attempt.slot,
+                attempt.schedule_id,
+            )
+
+    async def release(self, attempt: Attempt) -> None:
+        """Give up ``attempt`` after its send failed, so another sender takes the slot."""
+        self.stats.send_failures += 1
+        await self.claims.release(attempt.key, attempt.token)
