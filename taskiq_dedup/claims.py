@@ -48,7 +48,8 @@ CLAIM_SCRIPT = """
 -- ARGV[1] = this attempt's token (host:pid#random), the same on every retry
 -- ARGV[2] = pending lease in milliseconds
 -- ARGV[3] = time to live of the state in milliseconds
--- ARGV[4..n] = candidate slots, ascending; the last is the current slot
+-- ARGV[4] = the slot to take when the state has no history (the current slot)
+-- ARGV[5..n] = candidate slots, ascending
 -- returns {verdict, slot, sent before, other holder, lease left in ms}:
 --   'won'      this attempt now holds slot, pending (also a retry of a claim
 --              whose reply was lost)
@@ -67,9 +68,9 @@ if holder and tonumber(h[4]) > now then
 end
 local pick = false
 if not sent then
-  pick = ARGV[#ARGV]  -- no history (new schedule, or data lost): the current slot only
+  pick = ARGV[4]  -- no history (new schedule, or data lost): the current slot only
 else
-  for i = 4, #ARGV do
+  for i = 5, #ARGV do
     if tonumber(ARGV[i]) > tonumber(sent) then
       pick = ARGV[i]
       break
@@ -211,13 +212,26 @@ class FiringClaims:
         attempt: str,
         candidates: Sequence[int],
         ttl_ms: int,
+        *,
+        current: int | None = None,
     ) -> Claim:
         """Claim the earliest unsent of ``candidates`` for ``attempt``.
+
+        ``current`` is the slot taken when the schedule has no history (default:
+        the last candidate): a new schedule does not send the window's older slots.
 
         :raises RedisError: Redis failed for the whole ``retry_window``.
         """
         reply = await self._call(
-            self._claim, key, [attempt, self.pending_lease_ms, ttl_ms, *candidates]
+            self._claim,
+            key,
+            [
+                attempt,
+                self.pending_lease_ms,
+                ttl_ms,
+                candidates[-1] if current is None else current,
+                *candidates,
+            ],
         )
         verdict, slot, previous, holder, left = (_text(part) for part in reply)
         return Claim(
@@ -249,10 +263,7 @@ class FiringClaims:
             try:
                 if left <= 0:
                     raise ClaimDeadlineError(f"no reply within {self.retry_window}s")
-                return await asyncio.wait_for(
-                    self._pipeline.run(script, [key], args),
-                    timeout=left,
-                )
+                return await self._pipeline.run(script, [key], args, timeout=left)
             except (RedisError, OSError, asyncio.TimeoutError) as exc:
                 if time.monotonic() + delay > deadline:
                     if isinstance(exc, RedisError):

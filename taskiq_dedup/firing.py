@@ -115,6 +115,10 @@ class FiringCoordinator:
         :raises RedisError: Redis failed for the claim's whole retry window.
         """
         candidates = trigger.candidates(now)
+        # Without history, the slot this host's clock is in (a tick within the skew
+        # allowance before a slot takes that slot).
+        reached = [slot for slot in candidates if slot <= epoch_seconds(now)]
+        current = reached[-1] if reached else candidates[0]
         key = self.keys.firings(schedule_id)
         token = self.claims.new_attempt()
         ttl_ms = self.state_ttl_ms(trigger, candidates[-1], now)
@@ -122,7 +126,7 @@ class FiringCoordinator:
         poll = WAIT_POLL
         while True:
             try:
-                claim = await self.claims.claim(key, token, candidates, ttl_ms)
+                claim = await self.claims.claim(key, token, candidates, ttl_ms, current=current)
             except Exception:
                 self.stats.claim_errors += 1
                 raise

@@ -5,6 +5,10 @@ is on the wire are then sent together in one non-transactional pipeline. Each
 call is still its own atomic script, so batching changes only the cost: a
 burst of firings due at one moment needs a few round trips and one connection
 instead of one of each per decision.
+
+A call's ``timeout`` bounds its round trip (the client's own reconnect retries
+included), counted from when it is sent: a call queued behind a round trip waits
+at most that round trip's timeout first.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class _Call:
     keys: list[str]
     args: list[Any]
     future: asyncio.Future[Any]
+    timeout: float | None
 
 
 class ScriptPipeline:
@@ -46,15 +51,25 @@ class ScriptPipeline:
         self._sender: asyncio.Task[None] | None = None
         self._pipe: Pipeline | None = None
 
-    async def run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:  # noqa: ANN401 -- a script's reply
-        """Run one script call; return its reply or raise its error."""
+    async def run(
+        self,
+        script: AsyncScript,
+        keys: list[str],
+        args: list[Any],
+        *,
+        timeout: float | None = None,
+    ) -> Any:  # noqa: ANN401 -- a script's reply
+        """Run one script call; return its reply or raise its error.
+
+        :raises TimeoutError: no reply within ``timeout`` seconds of sending it.
+        """
         if self._busy:
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            self._pending.append(_Call(script, keys, args, future))
+            self._pending.append(_Call(script, keys, args, future, timeout))
             return await future
         self._busy = True
         try:
-            return await script(keys=keys, args=args)
+            return await asyncio.wait_for(script(keys=keys, args=args), timeout)
         finally:
             if self._pending:
                 self._sender = asyncio.create_task(self._send_pending())
@@ -66,9 +81,13 @@ class ScriptPipeline:
             while self._pending:
                 batch = self._pending[:MAX_BATCH]
                 del self._pending[:MAX_BATCH]
+                timeouts = [call.timeout for call in batch if call.timeout is not None]
                 try:
-                    replies = await self._send(batch)
+                    replies = await asyncio.wait_for(
+                        self._send(batch), min(timeouts) if timeouts else None
+                    )
                 except Exception as exc:  # handed to every call of the batch
+                    self._pipe = None  # a pipeline cut mid-reply is not reused
                     replies = [exc] * len(batch)
                 for call, reply in zip(batch, replies, strict=True):
                     if call.future.done():  # its caller was cancelled

@@ -253,6 +253,4 @@ async def test_a_single_claim_is_one_round_trip(client: Redis, key: str) -> None
     # One EVALSHA per decision on the wire (commandstats also counts the commands
     # run inside the scripts): no SET, no script reload.
     assert stats["cmdstat_evalsha"]["calls"] == 2, stats
-    assert not {"cmdstat_set", "cmdstat_eval", "cmdstat_script", "cmdstat_script|load"} & set(
-        stats
-    )
+    assert not {"cmdstat_set", "cmdstat_eval", "cmdstat_script", "cmdstat_script|load"} & set(stats)
