@@ -5,8 +5,9 @@ local redis-server, each on a fresh key, timed one by one (p50 and p99 of the
 K latencies per repetition):
 
 - ``raw``: redis-py ``SET key value NX PX ttl``, the cheapest possible claim;
-- ``claimer``: ``FiringClaimer.claim`` (the scheduler's claim script);
-- ``pre_send``: ``CompositeScheduleSource.pre_send`` of K merged cron
+- ``claimer``: ``FiringClaims.claim`` (the scheduler's claim script);
+- ``pre_send``: ``CompositeScheduleSource.pre_send`` then ``post_send`` (claim
+  and confirm: the whole scheduler-side protocol of one firing) of K merged cron
   schedules (slot from the cron expression, the claim, the firing's labels);
 - ``worker_claim``: ``DedupMiddleware.pre_execute`` of a scheduled message;
 - ``worker_claim_finish``: ``pre_execute`` plus ``post_execute`` (the claim and
@@ -34,7 +35,7 @@ from benchmarks.monitor import count_round_trips
 from benchmarks.schedules import label_source
 from benchmarks.servers import private_redis
 from taskiq_dedup import CompositeScheduleSource, DedupMiddleware
-from taskiq_dedup.claims import FiringClaimer
+from taskiq_dedup.claims import FiringClaims
 from taskiq_dedup.labels import SCHEDULE_ID_LABEL, SLOT_LABEL
 
 if TYPE_CHECKING:
@@ -47,8 +48,8 @@ TTL_MS = 70_000
 ARMS = ("raw", "claimer", "pre_send", "worker")
 LABELS = {
     "raw": "redis-py SET NX PX (baseline)",
-    "claimer": "scheduler claim: FiringClaimer.claim",
-    "pre_send": "scheduler claim: CompositeScheduleSource.pre_send",
+    "claimer": "scheduler claim: FiringClaims.claim",
+    "pre_send": "scheduler claim + confirm: pre_send + post_send",
     "worker_claim": "worker claim: DedupMiddleware.pre_execute",
     "worker_claim_finish": "worker claim + completion: pre_execute + post_execute",
 }
@@ -78,7 +79,7 @@ class Bench:
         self.decisions = decisions
         self.prefix = f"bench-{uuid.uuid4().hex[:8]}"
         self.redis = Redis.from_url(url)
-        self.claimer = FiringClaimer(self.redis, "bench-host:1")
+        self.claimer = FiringClaims(self.redis, "bench-host:1")
         self.clock = MinuteClock()
         self.middleware = DedupMiddleware(redis=self.redis, prefix=self.prefix)
         self.composite: CompositeScheduleSource | None = None
@@ -113,7 +114,7 @@ class Bench:
     async def claim(self, _index: int) -> tuple[int, ...]:
         key = self._key("claimer")
         started = time.perf_counter_ns()
-        result = await self.claimer.claim(key, TTL_MS)
+        result = await self.claimer.claim(key, self.claimer.new_attempt(), [60], TTL_MS)
         elapsed = time.perf_counter_ns() - started
         if not result.won:
             raise RuntimeError(f"fresh key {key} was not won")
@@ -124,6 +125,7 @@ class Bench:
         task = self.tasks[index]
         started = time.perf_counter_ns()
         await self.composite.pre_send(task)
+        await self.composite.post_send(task)
         return (time.perf_counter_ns() - started,)
 
     async def worker(self, _index: int) -> tuple[int, ...]:
@@ -244,7 +246,7 @@ def run(config: Config) -> Result:
         for arm, label in LABELS.items():
             result.add(results, arm, metric, "µs", baseline="raw", label=f"{label}: {metric[:3]}")
     result.checks["round_trips"] = trips
-    for arm, label in (("claimer", "FiringClaimer.claim"), ("pre_send", "pre_send")):
+    for arm, label in (("claimer", "FiringClaims.claim"), ("pre_send", "pre_send + post_send")):
         row = next(r for r in result.rows if r.arm == arm and r.metric == "p50_us")
         assert row.ratio is not None  # noqa: S101
         result.goals.append(
@@ -256,8 +258,7 @@ def run(config: Config) -> Result:
         )
     for arm, label in (
         ("raw", "raw SET NX PX"),
-        ("claimer", "FiringClaimer.claim"),
-        ("pre_send", "CompositeScheduleSource.pre_send"),
+        ("claimer", "FiringClaims.claim"),
         ("pre_execute", "DedupMiddleware.pre_execute (worker claim)"),
     ):
         per_op = trips[arm]["round_trips_per_op"]
@@ -270,6 +271,16 @@ def run(config: Config) -> Result:
                 f"inside scripts {trips[arm]['script_commands']}",
             ),
         )
+    firing = trips["pre_send"]
+    result.goals.append(
+        Goal(
+            text="pre_send + post_send: two round trips per firing (claim, confirm)",
+            value=firing["round_trips_per_op"],
+            met=firing["round_trips_per_op"] == 2,
+            detail=f"client commands {firing['client_commands']}, "
+            f"inside scripts {firing['script_commands']}",
+        ),
+    )
     finish = trips["post_execute"]
     result.notes.append(
         f"The worker's completion (post_execute) is {finish['round_trips_per_op']:g} more "

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from taskiq_dedup.pipelining import ScriptPipeline
 
@@ -146,6 +146,11 @@ deadline on the whole claim: each call's timeout is what is left of it."""
 CLAIM_RETRY_FIRST_DELAY = 0.1
 """Seconds before the first retry; each later retry waits twice as long."""
 
+MIN_CALL_TIMEOUT = 0.5
+"""Seconds any one call may take even when the window is nearly used up (or 0, no
+retries): a healthy Redis answers a script in well under a millisecond, a busy one
+within this."""
+
 Verdict = Literal["won", "takeover", "pending", "sent"]
 
 
@@ -259,11 +264,11 @@ class FiringClaims:
         deadline = time.monotonic() + self.retry_window
         delay = CLAIM_RETRY_FIRST_DELAY
         while True:
-            left = deadline - time.monotonic()
+            left = max(deadline - time.monotonic(), MIN_CALL_TIMEOUT)
             try:
-                if left <= 0:
-                    raise ClaimDeadlineError(f"no reply within {self.retry_window}s")
                 return await self._pipeline.run(script, [key], args, timeout=left)
+            except ResponseError:
+                raise  # the command itself failed (a forged key, an OOM): not transient
             except (RedisError, OSError, asyncio.TimeoutError) as exc:
                 if time.monotonic() + delay > deadline:
                     if isinstance(exc, RedisError):

@@ -261,6 +261,7 @@ class CompositeScheduleSource(ScheduleSource):
         )
         self._sending: dict[str, tuple[ScheduledTask, Attempt, asyncio.Task[Any] | None]] = {}
         self._late_senders: dict[str, asyncio.Task[None]] = {}
+        self._releases: set[asyncio.Task[None]] = set()
         self._schedules: dict[str, MergedSchedule] = {}
         self._last_good: dict[int, list[ScheduledTask]] = {}
         self._reported: set[str] = set()
@@ -302,9 +303,23 @@ class CompositeScheduleSource(ScheduleSource):
             raise
 
     async def shutdown(self) -> None:
-        """Stop late sends and every child; close the Redis client if this source made it."""
+        """Stop late sends and every child; close the Redis client if this source made it.
+
+        A claim won but not confirmed (a send still in flight) is released, so
+        another scheduler sends the firing without waiting out its lease.
+        """
         for sender in list(self._late_senders.values()):
             sender.cancel()
+        await asyncio.gather(*self._late_senders.values(), return_exceptions=True)
+        await asyncio.gather(*self._releases, return_exceptions=True)
+        for _, attempt, owner in list(self._sending.values()):
+            if owner is not None:
+                owner.remove_done_callback(self._send_ended)
+            try:
+                await self.firings.release(attempt)
+            except RedisError:
+                logger.debug("Release at shutdown failed; the pending lease lapses on its own")
+        self._sending.clear()
         for source in self.sources:
             try:
                 await source.shutdown()
@@ -477,7 +492,9 @@ class CompositeScheduleSource(ScheduleSource):
         for schedule_id, (task, attempt, owner) in list(self._sending.items()):
             if owner is sender:
                 del self._sending[schedule_id]
-                asyncio.get_running_loop().create_task(self._send_failed(task, attempt))
+                release = asyncio.get_running_loop().create_task(self._send_failed(task, attempt))
+                self._releases.add(release)
+                release.add_done_callback(self._releases.discard)
 
     async def _send_failed(self, task: ScheduledTask, attempt: Attempt) -> None:
         logger.error(

@@ -114,7 +114,7 @@ class CronTrigger:
 
     def _candidates_of_minute(self, minute: int) -> tuple[int, ...]:
         current = self._slot_of_minute(minute)
-        earliest = minute * 60 + 60 - int((LATE_WINDOW + MAX_CLOCK_SKEW).total_seconds())
+        earliest = minute * 60 - int(LATE_WINDOW.total_seconds())
         found = [current]
         local = croniter(
             self.expression,
@@ -195,7 +195,7 @@ class IntervalTrigger:
     def slots_between(self, after: int, before: int) -> list[int]:
         """Bucket starts strictly between two slots (at most ``MAX_CANDIDATES``)."""
         first = after // self.seconds * self.seconds + self.seconds
-        return list(range(first, before, self.seconds))[:MAX_CANDIDATES]
+        return list(range(first, before, self.seconds)[:MAX_CANDIDATES])
 
     def state_expiry(self, slot: int) -> int:
         """Epoch seconds until which the firing state must outlive a claim on ``slot``."""

@@ -8,7 +8,7 @@ from taskiq_dedup.keys import KeySpace, key_part, validate_prefix
 
 def test_keys_are_prefixed_and_readable() -> None:
     keys = KeySpace("taskiq-dedup:prod")
-    assert keys.claim("abc123", 1700000000) == "taskiq-dedup:prod:claim:abc123:1700000000"
+    assert keys.firings("abc123") == "taskiq-dedup:prod:fire:abc123"
     assert keys.firing("abc123", 60) == "taskiq-dedup:prod:run:abc123:60"
     assert keys.add_lock("abc123") == "taskiq-dedup:prod:add:abc123"
     assert keys.pattern() == "taskiq-dedup:prod:*"
@@ -51,7 +51,7 @@ def test_no_input_leaves_the_prefix(task_name: str, value: str) -> None:
     keys = KeySpace("env:a")
     for key in (
         keys.idempotency(task_name, value),
-        keys.claim(value, 1),
+        keys.firings(value),
         keys.firing(task_name, 2),
     ):
         assert key.startswith("env:a:")

@@ -8,6 +8,8 @@ from taskiq import ScheduledTask
 from taskiq_dedup import InvalidScheduleError
 from taskiq_dedup.triggers import (
     CLAIM_GRACE,
+    LATE_WINDOW,
+    MAX_CANDIDATES,
     MAX_CLOCK_SKEW,
     CronTrigger,
     IntervalTrigger,
@@ -59,14 +61,42 @@ def test_one_off_slot_is_its_time() -> None:
     trigger = parse_trigger(task(time=datetime(2026, 3, 10, 12, 0, 30)))
     assert isinstance(trigger, OneOffTrigger)
     assert trigger.slot(NOON + timedelta(hours=5)) == epoch_seconds(NOON) + 30
-    assert trigger.claim_expiry(100, timedelta(days=1)) == 100 + 86400 + CLAIM_GRACE.total_seconds()
+    assert trigger.state_expiry(100, timedelta(days=1)) == 100 + 86400 + CLAIM_GRACE.total_seconds()
+    assert trigger.candidates(NOON) == [epoch_seconds(NOON) + 30]
+    assert trigger.slots_between(0, 10**9) == []
 
 
-def test_claims_outlive_the_window_a_slot_can_be_fired_again_in() -> None:
+def test_state_outlives_the_next_slots_window() -> None:
+    """A cursor that expired before the next slot's window passed would lose late firings."""
+    window = (LATE_WINDOW + MAX_CLOCK_SKEW).total_seconds()
     cron = parse_trigger(task(cron="* * * * *"))
-    assert cron.claim_expiry(0) >= 60 + MAX_CLOCK_SKEW.total_seconds()
+    assert cron.state_expiry(0) >= 60 + window
+    daily = parse_trigger(task(cron="0 9 * * *"))
+    nine = epoch_seconds(datetime(2026, 3, 10, 9, 0, tzinfo=timezone.utc))
+    assert daily.state_expiry(nine) >= nine + 86400 + window
     interval = parse_trigger(task(interval=30))
-    assert interval.claim_expiry(0) >= 30 + MAX_CLOCK_SKEW.total_seconds()
+    assert interval.state_expiry(0) >= 30 + 30 + LATE_WINDOW.total_seconds()
+
+
+def test_candidates_cover_the_late_window_up_to_the_current_slot() -> None:
+    cron = parse_trigger(task(cron="* * * * *"))
+    late = NOON + timedelta(seconds=57)
+    # 12:00:57 + the skew allowance reaches 12:01; the window reaches back 2 min from it.
+    assert cron.candidates(late) == [epoch_seconds(NOON) + 60 * m for m in (-1, 0, 1)]
+    assert cron.candidates(NOON)[-1] == epoch_seconds(NOON)
+    interval = parse_trigger(task(interval=60))
+    slots = interval.candidates(NOON + timedelta(seconds=5))
+    assert slots == [epoch_seconds(NOON) + 60 * m for m in (-3, -2, -1, 0)]
+    every_second = parse_trigger(task(interval=1))
+    assert len(every_second.candidates(NOON)) == 1 + 1 + LATE_WINDOW.total_seconds()
+    assert interval.slots_between(epoch_seconds(NOON), epoch_seconds(NOON) + 180) == [
+        epoch_seconds(NOON) + 60,
+        epoch_seconds(NOON) + 120,
+    ]
+    assert cron.slots_between(epoch_seconds(NOON), epoch_seconds(NOON) + 120) == [
+        epoch_seconds(NOON) + 60
+    ]
+    assert len(interval.slots_between(0, 10**12)) == MAX_CANDIDATES
 
 
 @pytest.mark.parametrize(

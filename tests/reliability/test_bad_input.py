@@ -118,9 +118,10 @@ def env(
 
 
 async def fire(source: CompositeScheduleSource, schedule_id: str) -> ScheduledTask:
-    """Call ``pre_send`` as taskiq's scheduler loop does; return the marked copy."""
+    """Call ``pre_send`` and ``post_send`` as taskiq's scheduler does; return the marked copy."""
     task = source.schedules[schedule_id].task.model_copy(deep=True)
     await source.pre_send(task)
+    await source.post_send(task)
     return task
 
 
@@ -357,12 +358,10 @@ async def test_a_forged_claim_holding_a_pickle_is_not_unpickled(
 ) -> None:
     source = await make_composite([StaticSource([healthy()])])
     (schedule_id,) = await source.refresh()
-    trigger = source.schedules[schedule_id].trigger
-    slot = trigger.slot(datetime.now(tz=UTC))
     client = Redis.from_url(own_redis.url)
     try:
         await client.set(
-            source.keys.claim(schedule_id, slot), app.evil_pickle(str(sentinel_path(tmp_path)))
+            source.keys.firings(schedule_id), app.evil_pickle(str(sentinel_path(tmp_path)))
         )
     finally:
         await client.aclose()
@@ -371,7 +370,9 @@ async def test_a_forged_claim_holding_a_pickle_is_not_unpickled(
         pytest.raises(ScheduledTaskCancelledError),
     ):
         await fire(source, schedule_id)
-    assert "not sending it again" in caplog.text  # a forged claim suppresses a firing
+    # A forged state suppresses the firing, named in one ERROR line, without retries.
+    assert "WRONGTYPE" in caplog.text
+    assert source.stats.claim_errors == 1
     assert not sentinel_path(tmp_path).exists()
 
 
@@ -428,8 +429,8 @@ async def test_odd_task_names_and_pinned_ids_stay_under_the_prefix(
     for schedule_id in schedules:
         sent = await fire(source, schedule_id)
         assert sent.task_id is not None
-    pattern = re.compile(rf"{re.escape(prefix)}:claim:([0-9a-f]{{32}}|#[0-9a-f]{{64}}):\d+")
-    claims = {key for key in audit.keys if ":claim:" in key}
+    pattern = re.compile(rf"{re.escape(prefix)}:fire:([0-9a-f]{{32}}|#[0-9a-f]{{64}})")
+    claims = {key for key in audit.keys if ":fire:" in key}
     assert len(claims) == 2
     assert all(pattern.fullmatch(key) for key in claims), claims
     assert audit.outside(prefix) == set()

@@ -1,0 +1,170 @@
+"""A seeded randomized fault test of the scheduler-side protocol (hypothesis stateful).
+
+Three schedulers (taskiq's ``TaskiqScheduler.on_ready`` over the composite source,
+each with its own broker and clock skew) share one real redis-server. Hypothesis
+interleaves ticks, clock steps, kicks that fail, senders that die between claim
+and send and between send and confirm. After every step: no slot executed twice
+(the worker guard is on). At the end, with every scheduler healthy again: every
+slot since the first one is executed exactly once, or was reported missed - and
+none is missed unless the schedulers were all away for longer than the window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from taskiq import TaskiqScheduler
+from taskiq.message import TaskiqMessage
+
+from taskiq_dedup import CompositeScheduleSource
+from taskiq_dedup.triggers import LATE_WINDOW
+from tests.support.redis_server import RedisServer
+from tests.test_send_failures import TASK, FlakyBroker, World
+
+PERIOD = 10
+START = datetime(2030, 1, 1, tzinfo=timezone.utc)
+
+
+class SkewedClock:
+    """A shared "now" plus this scheduler's own skew."""
+
+    def __init__(self, base: list[datetime], skew: float) -> None:
+        self.base = base
+        self.skew = timedelta(seconds=skew)
+
+    def __call__(self) -> datetime:
+        return self.base[0] + self.skew
+
+
+class Protocol(RuleBasedStateMachine):
+    server: RedisServer
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.now = [START]
+        self.world = World(self.server.url, f"model-{uuid.uuid4().hex[:8]}", None)  # type: ignore[arg-type]
+        self.schedulers: list[tuple[TaskiqScheduler, CompositeScheduleSource, FlakyBroker]] = []
+        self.abandoned: list[asyncio.Task[None]] = []
+        self.tick_times: list[datetime] = []
+        for skew in (0.0, 2.0, -2.0):
+            self.world.clock = SkewedClock(self.now, skew)  # type: ignore[assignment]
+            made = self.run(
+                self.world.scheduler({"interval": PERIOD}, guard=True, pending_lease=0.2),
+            )
+            self.schedulers.append(made)
+
+    def run(self, coroutine):  # type: ignore[no-untyped-def]
+        return self.loop.run_until_complete(coroutine)
+
+    async def _tick(self, index: int) -> None:
+        scheduler, source, _ = self.schedulers[index]
+        (task,) = await source.get_schedules()
+        with contextlib.suppress(Exception):  # a failed kick: the loop logs it, moves on
+            await asyncio.create_task(scheduler.on_ready(source, task))
+
+    @rule(index=st.integers(0, 2))
+    def tick(self, index: int) -> None:
+        self.tick_times.append(self.now[0])
+        self.run(self._tick(index))
+
+    @rule()
+    def tick_all(self) -> None:
+        self.tick_times.append(self.now[0])
+        self.run(asyncio.gather(*(self._tick(i) for i in range(3))))
+
+    @rule(seconds=st.integers(1, 2 * PERIOD))
+    def advance(self, seconds: int) -> None:
+        self.now[0] += timedelta(seconds=seconds)
+
+    @rule(index=st.integers(0, 2), failures=st.integers(1, 3))
+    def kicks_fail(self, index: int, failures: int) -> None:
+        self.schedulers[index][2].fail += failures
+
+    @precondition(lambda self: len(self.abandoned) < 4)
+    @rule(index=st.integers(0, 2), after_send=st.booleans())
+    def sender_dies(self, index: int, after_send: bool) -> None:
+        """Claim (and maybe kick), then never confirm nor release: a SIGKILLed sender."""
+        scheduler, source, broker = self.schedulers[index]
+
+        async def dying() -> None:
+            (task,) = await source.get_schedules()
+            await source.pre_send(task)
+            if after_send:
+                message = TaskiqMessage(
+                    task_id=task.task_id or "",
+                    task_name=TASK,
+                    labels={**task.labels, "schedule_id": task.schedule_id},
+                    args=task.args,
+                    kwargs=task.kwargs,
+                )
+                await broker.kick(broker.formatter.dumps(message))
+            await asyncio.Event().wait()  # the process is gone: its task never ends
+
+        self.tick_times.append(self.now[0])
+        task = self.loop.create_task(dying())
+        self.abandoned.append(task)
+        self.run(asyncio.sleep(0.05))
+        del scheduler
+
+    @invariant()
+    def no_slot_runs_twice(self) -> None:
+        assert len(self.world.executed) == len(set(self.world.executed))
+
+    def teardown(self) -> None:
+        try:
+            self.run(self._settle())
+        finally:
+            for task in self.abandoned:
+                task.cancel()
+            self.run(asyncio.gather(*self.abandoned, return_exceptions=True))
+            self.run(self.world.close())
+            self.loop.close()
+
+    async def _settle(self) -> None:
+        for _, _, broker in self.schedulers:
+            broker.fail = 0
+        await asyncio.sleep(0.3)  # every dead sender's pending lease lapses
+        for _ in range(3):
+            await asyncio.gather(*(self._tick(i) for i in range(3)))
+        await asyncio.sleep(0.5)  # late sends in the background
+        for _ in range(2):
+            await asyncio.gather(*(self._tick(i) for i in range(3)))
+        executed = sorted(self.world.executed)
+        if not executed:
+            return
+        assert len(executed) == len(set(executed)), executed
+        missed = sum(source.stats.missed for _, source, _ in self.schedulers)
+        current = max(int((self.now[0] + timedelta(seconds=2)).timestamp()) // PERIOD * PERIOD, 0)
+        expected = set(range(executed[0], current + 1, PERIOD))
+        assert set(executed) <= expected
+        assert len(expected - set(executed)) == missed, (executed, current, missed)
+        gaps = [b - a for a, b in zip(self.tick_times, self.tick_times[1:], strict=False)]
+        if not gaps or max(gaps) < LATE_WINDOW:
+            assert missed == 0
+
+
+@pytest.fixture(scope="module")
+def model_server() -> RedisServer:
+    server = RedisServer().start()
+    yield server  # type: ignore[misc]
+    server.close()
+
+
+def test_the_protocol_under_random_faults(model_server: RedisServer) -> None:
+    Protocol.server = model_server
+    Protocol.TestCase.settings = settings(
+        max_examples=25,
+        stateful_step_count=25,
+        deadline=None,
+        derandomize=True,  # seeded: the same runs every time; ./dev soak runs more
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    Protocol.TestCase().runTest()
