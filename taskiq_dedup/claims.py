@@ -66,12 +66,16 @@ end
 if holder and tonumber(h[4]) > now then
   return {'pending', h[2], sent or '', holder, tonumber(h[4]) - now}
 end
+local after = sent
+if not sent and holder then
+  after = tostring(tonumber(h[2]) - 1)  -- a first send that never confirmed: from its slot
+end
 local pick = false
-if not sent then
+if not after then
   pick = ARGV[4]  -- no history (new schedule, or data lost): the current slot only
 else
   for i = 5, #ARGV do
-    if tonumber(ARGV[i]) > tonumber(sent) then
+    if tonumber(ARGV[i]) > tonumber(after) then
       pick = ARGV[i]
       break
     end
@@ -87,9 +91,9 @@ if ttl < tonumber(ARGV[3]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
 if holder then
-  return {'takeover', pick, sent or '', holder, 0}
+  return {'takeover', pick, after or '', holder, 0}
 end
-return {'won', pick, sent or '', '', 0}
+return {'won', pick, after or '', '', 0}
 """
 
 CONFIRM_SCRIPT = """
@@ -168,7 +172,8 @@ class Claim:
     slot: int
     """The slot won, pending, or the cursor when every candidate is sent."""
     previous: int | None
-    """The cursor before this claim: slots after it and before ``slot`` were missed."""
+    """The cursor before this claim (or just before a lapsed first send's slot):
+    slots after it and before ``slot`` were missed."""
     holder: str
     """The other attempt: pending, taken over, or the sender of the cursor."""
     lease_left: float

@@ -254,3 +254,20 @@ async def test_a_single_claim_is_one_round_trip(client: Redis, key: str) -> None
     # run inside the scripts): no SET, no script reload.
     assert stats["cmdstat_evalsha"]["calls"] == 2, stats
     assert not {"cmdstat_set", "cmdstat_eval", "cmdstat_script", "cmdstat_script|load"} & set(stats)
+
+
+async def test_a_lapsed_first_send_is_taken_over_from_its_own_slot(client: Redis, key: str) -> None:
+    """Found by the randomized model: with no cursor yet, a takeover used to take the
+    current slot, silently dropping the dead sender's earlier one."""
+    dead = claims_on(client, "a", pending_lease=0.2)
+    attempt = dead.new_attempt()
+    assert (await dead.claim(key, attempt, [10], TTL_MS)).slot == 10
+    other = claims_on(client, "b")
+    replies = []
+
+    async def taken_over() -> bool:
+        replies.append(await other.claim(key, "b#1", [10, 20, 30], TTL_MS))
+        return replies[-1].won
+
+    await eventually(taken_over, timeout=5)
+    assert (replies[-1].verdict, replies[-1].slot, replies[-1].previous) == ("takeover", 10, 9)

@@ -49,6 +49,7 @@ class Protocol(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
         self.now = [START]
         self.world = World(self.server.url, f"model-{uuid.uuid4().hex[:8]}", None)  # type: ignore[arg-type]
         self.schedulers: list[tuple[TaskiqScheduler, CompositeScheduleSource, FlakyBroker]] = []
@@ -70,6 +71,9 @@ class Protocol(RuleBasedStateMachine):
         with contextlib.suppress(Exception):  # a failed kick: the loop logs it, moves on
             await asyncio.create_task(scheduler.on_ready(source, task))
 
+    async def _tick_all(self) -> None:
+        await asyncio.gather(*(self._tick(i) for i in range(3)))
+
     @rule(index=st.integers(0, 2))
     def tick(self, index: int) -> None:
         self.tick_times.append(self.now[0])
@@ -78,7 +82,7 @@ class Protocol(RuleBasedStateMachine):
     @rule()
     def tick_all(self) -> None:
         self.tick_times.append(self.now[0])
-        self.run(asyncio.gather(*(self._tick(i) for i in range(3))))
+        self.run(self._tick_all())
 
     @rule(seconds=st.integers(1, 2 * PERIOD))
     def advance(self, seconds: int) -> None:
@@ -124,19 +128,22 @@ class Protocol(RuleBasedStateMachine):
         finally:
             for task in self.abandoned:
                 task.cancel()
-            self.run(asyncio.gather(*self.abandoned, return_exceptions=True))
+            self.run(self._reap())
             self.run(self.world.close())
             self.loop.close()
+
+    async def _reap(self) -> None:
+        await asyncio.gather(*self.abandoned, return_exceptions=True)
 
     async def _settle(self) -> None:
         for _, _, broker in self.schedulers:
             broker.fail = 0
         await asyncio.sleep(0.3)  # every dead sender's pending lease lapses
         for _ in range(3):
-            await asyncio.gather(*(self._tick(i) for i in range(3)))
+            await self._tick_all()
         await asyncio.sleep(0.5)  # late sends in the background
         for _ in range(2):
-            await asyncio.gather(*(self._tick(i) for i in range(3)))
+            await self._tick_all()
         executed = sorted(self.world.executed)
         if not executed:
             return

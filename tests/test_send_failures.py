@@ -17,7 +17,14 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from taskiq import InMemoryBroker, ScheduledTask, TaskiqMiddleware, TaskiqScheduler
+from taskiq import (
+    Context,
+    InMemoryBroker,
+    ScheduledTask,
+    TaskiqDepends,
+    TaskiqMiddleware,
+    TaskiqScheduler,
+)
 from taskiq.exceptions import ScheduledTaskCancelledError, SendTaskError
 from taskiq.message import BrokerMessage, TaskiqMessage
 from taskiq.schedule_sources import LabelScheduleSource
@@ -80,8 +87,9 @@ class World:
         executed = self.executed
 
         @broker.task(task_name=TASK)
-        async def job(n: int) -> None:
-            executed.append(n)
+        async def job(n: int, context: Context = TaskiqDepends()) -> None:
+            del n
+            executed.append(int(context.message.labels[SLOT_LABEL]))
 
         return broker
 
@@ -145,7 +153,7 @@ async def test_a_failed_send_is_sent_by_a_waiting_replica(world: World) -> None:
     sick_broker.fail = 99  # a broken broker connection: every kick fails
     results = await asyncio.gather(tick(sick, sick_source), tick(healthy, healthy_source))
     assert isinstance(results[0], SendTaskError)  # the sick replica won the claim first
-    assert world.executed == [1]
+    assert len(world.executed) == 1
     assert sick_source.stats.send_failures == 1
     assert healthy_source.stats.fired == 1
 
@@ -156,15 +164,14 @@ async def test_a_sick_replica_never_loses_firings_for_all(world: World, clock: F
     for _ in range(5):
         await asyncio.gather(*(tick(s, src) for s, src, _ in pairs))
         clock.advance(seconds=10)
-    assert len(world.executed) == 5
-    assert sorted(world.sent) == sorted(set(world.sent))
+    assert len(set(world.executed)) == len(world.executed) == 5
 
 
 async def test_a_one_off_is_not_lost_to_a_failed_send(world: World, clock: FakeClock) -> None:
     scheduler, source, broker = await world.scheduler({"time": clock.now})
     broker.fail = 1
     assert isinstance(await tick(scheduler, source), SendTaskError)
-    await eventually(lambda: world.executed == [1], timeout=10, message=str(world.executed))
+    await eventually(lambda: len(world.executed) == 1, timeout=10, message=str(world.executed))
     assert source.stats.send_failures == 1
     assert source.stats.fired == 1
 
@@ -181,7 +188,7 @@ async def test_a_send_cut_by_a_timeout_is_released(world: World) -> None:
     assert await tick(other, other_source) is None
     with pytest.raises(asyncio.TimeoutError):
         await first
-    assert world.executed == [1]
+    assert len(world.executed) == 1
     assert other_source.stats.fired == 1
 
 
@@ -193,7 +200,7 @@ async def test_a_sender_that_died_after_claiming_is_taken_over(world: World) -> 
     started = time.monotonic()
     assert await tick(other, other_source) is None
     assert time.monotonic() - started >= 0.4  # not before the lease lapsed
-    assert world.executed == [1]
+    assert len(world.executed) == 1
     assert other_source.stats.takeovers == 1
 
 
@@ -220,7 +227,7 @@ async def test_a_sender_that_died_before_confirming_is_stopped_by_the_worker_gua
     assert await tick(other, other_source) is None  # takes over and sends a second copy
     assert other_source.stats.takeovers == 1
     assert len(world.sent) == 1  # the recorder saw the takeover's send
-    assert world.executed == [1]  # the worker guard dropped the second copy
+    assert len(world.executed) == 1  # the worker guard dropped the second copy
 
 
 @pytest.mark.parametrize("second", [57, 3, -3])
@@ -238,7 +245,7 @@ async def test_late_and_early_cron_ticks_send_every_minute_once(
         int(datetime(2026, 3, 10, 9, m, tzinfo=timezone.utc).timestamp()) for m in range(60)
     ]
     assert world.sent == expected
-    assert len(world.executed) == 60
+    assert world.executed == expected
 
 
 async def test_interval_drift_skips_no_bucket(world: World, clock: FakeClock) -> None:
