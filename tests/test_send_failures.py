@@ -87,7 +87,7 @@ class World:
         executed = self.executed
 
         @broker.task(task_name=TASK)
-        async def job(n: int, context: Context = TaskiqDepends()) -> None:
+        async def job(n: int, context: Context = TaskiqDepends()) -> None:  # noqa: B008
             del n
             executed.append(int(context.message.labels[SLOT_LABEL]))
 
