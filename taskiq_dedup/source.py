@@ -35,6 +35,7 @@ from taskiq_dedup.clock import Clock, utc_now
 from taskiq_dedup.connection import resolve_redis
 from taskiq_dedup.errors import (
     ConfigurationError,
+    InvalidScheduleError,
     ScheduleInCodeError,
 )
 from taskiq_dedup.firing import Attempt, FiringCoordinator
@@ -46,7 +47,6 @@ from taskiq_dedup.merge import MergedSchedule, Merger, can_delete, user_set_id
 from taskiq_dedup.triggers import (
     LATE_WINDOW,
     OneOffTrigger,
-    Trigger,
     describe,
     parse_trigger,
 )
@@ -538,7 +538,8 @@ class CompositeScheduleSource(ScheduleSource):
         returned by ``schedule_by_cron`` & co. carries it. Concurrent calls for
         one schedule (every web worker's start-up) write it at most once.
 
-        :raises InvalidScheduleError: bad trigger or arguments, naming them.
+        :raises InvalidScheduleError: bad trigger or arguments, or the id the
+            caller set is another schedule's; the message names them.
         :raises ConfigurationError: no child can add, or it would pickle.
         """
         target = self._add_target()
@@ -567,6 +568,15 @@ class CompositeScheduleSource(ScheduleSource):
                 schedule.schedule_id = existing.public_id
                 logger.debug("Schedule %s exists; not adding it again", schedule.schedule_id)
                 return
+            holder = next(
+                (m for m in self._schedules.values() if m.answers_to(schedule.schedule_id)),
+                None,
+            )
+            if holder is not None:  # a child would overwrite the other schedule's copy
+                raise InvalidScheduleError(
+                    detail=f"schedule id {schedule.schedule_id!r} is already used by "
+                    f"{describe(holder.task)}; choose another id for {describe(schedule)}",
+                )
             await target.add_schedule(schedule.model_copy(deep=True))
             logger.info("Added %s to %s", describe(schedule), type(target).__name__)
         finally:
