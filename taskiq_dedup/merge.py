@@ -136,7 +136,9 @@ class Merger:
     ) -> MergeResult:
         """Merge every child's schedules (children in order) as of ``now``."""
         result = MergeResult({})
-        by_content: dict[str, tuple[MergedSchedule, list[_Identified]]] = {}
+        by_content: dict[str, MergedSchedule] = {}
+        first_copy: dict[str, _Identified] = {}
+        user_ids: dict[str, list[str]] = {}  # only schedules with a copy carrying one
         reported: set[str] = set()
         known: dict[tuple[int, str], _Identified] = {}
         for index, (source, tasks) in enumerate(fetched):
@@ -157,19 +159,23 @@ class Merger:
                     )
                     result.stale += 1
                     continue
-                entry = by_content.get(identified.id)
-                if entry is None:
-                    merged = MergedSchedule(identified.id, identified.id, task, trigger)
-                    entry = by_content[identified.id] = (merged, [])
-                entry[0].origins.append(Origin(source, task))
-                entry[1].append(identified)
+                merged = by_content.get(identified.id)
+                if merged is None:
+                    merged = by_content[identified.id] = MergedSchedule(
+                        identified.id, identified.id, task, trigger
+                    )
+                    first_copy[identified.id] = identified
+                merged.origins.append(Origin(source, task))
+                if identified.user_id is not None:
+                    user_ids.setdefault(identified.id, []).append(identified.user_id)
         self._known = known
         taken = set(by_content)  # content ids are never given to another schedule
-        for merged, copies in by_content.values():
-            merged.public_id = self._public_id(merged, copies, taken, reported)
-            taken.add(merged.public_id)
-            merged.task = self._sent_copy(merged, copies[0])
-            if len(copies) > 1:
+        for content_id, merged in by_content.items():
+            if content_id in user_ids:
+                merged.public_id = self._public_id(merged, user_ids[content_id], taken, reported)
+                taken.add(merged.public_id)
+            merged.task = self._sent_copy(merged, first_copy[content_id])
+            if len(merged.origins) > 1:
                 self._compare_labels(merged, reported)
             result.schedules[merged.public_id] = merged
         self._reported = reported
@@ -212,13 +218,11 @@ class Merger:
     def _public_id(
         self,
         merged: MergedSchedule,
-        copies: list[_Identified],
+        candidates: list[str],
         taken: set[str],
         reported: set[str],
     ) -> str:
-        user_ids = list(dict.fromkeys(c.user_id for c in copies if c.user_id is not None))
-        if not user_ids:
-            return merged.schedule_id
+        user_ids = list(dict.fromkeys(candidates))
         chosen = user_ids[0]
         if len(user_ids) > 1:
             self._report(
