@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from datetime import datetime, timedelta
 
 logger = logging.getLogger("taskiq_dedup.source")
+"""The composite source's logger: merge reports belong to the source users configure."""
 
 _HEX_ID = re.compile(r"[0-9a-f]{32}")
 

@@ -532,11 +532,13 @@ class CompositeScheduleSource(ScheduleSource):
     async def add_schedule(self, schedule: ScheduledTask) -> None:
         """Add ``schedule`` unless a schedule with its content already exists.
 
-        Sets ``schedule.schedule_id`` to the public id - the id the caller set
-        (``kicker().with_schedule_id(...)``), else the content id; the existing
-        schedule's public id if there is one - so the ``CreatedSchedule``
-        returned by ``schedule_by_cron`` & co. carries it. Concurrent calls for
-        one schedule (every web worker's start-up) write it at most once.
+        Sets ``schedule.schedule_id`` to the id the caller set
+        (``kicker().with_schedule_id(...)``), else to the existing schedule's
+        public id or the content id, so the ``CreatedSchedule`` returned by
+        ``schedule_by_cron`` & co. carries it. A schedule that exists but has no
+        copy under the caller's id gets one (merged by content, one claim per
+        firing). Concurrent calls for one schedule (every web worker's
+        start-up) write it at most once.
 
         :raises InvalidScheduleError: bad trigger or arguments, or the id the
             caller set is another schedule's; the message names them.
@@ -544,7 +546,8 @@ class CompositeScheduleSource(ScheduleSource):
         """
         target = self._add_target()
         content_id = schedule_id_for(schedule, parse_trigger(schedule))
-        schedule.schedule_id = user_set_id(schedule.schedule_id, content_id) or content_id
+        user_id = user_set_id(schedule.schedule_id, content_id)
+        schedule.schedule_id = user_id or content_id
         lock_key = self.keys.add_lock(content_id)
         token = uuid.uuid4().hex
         ttl_ms = int(ADD_LOCK_TTL.total_seconds() * 1000)
@@ -564,10 +567,12 @@ class CompositeScheduleSource(ScheduleSource):
                 (m for m in (await self.refresh()).values() if m.schedule_id == content_id),
                 None,
             )
-            if existing is not None:
+            if existing is not None and (user_id is None or existing.answers_to(user_id)):
                 schedule.schedule_id = existing.public_id
                 logger.debug("Schedule %s exists; not adding it again", schedule.schedule_id)
                 return
+            # New, or it exists but not yet under the id the caller chose: a copy
+            # carrying that id makes it the schedule's name (merged by content).
             holder = next(
                 (m for m in self._schedules.values() if m.answers_to(schedule.schedule_id)),
                 None,

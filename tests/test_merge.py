@@ -201,6 +201,24 @@ async def test_user_set_id_is_the_public_id_everywhere(
     assert not [s for s in await source.get_schedules() if s.task_name == "app:cleanup"]
 
 
+async def test_naming_an_existing_schedule_later_gives_it_that_id(
+    make_source: Factory, broker: InMemoryBroker, redis: Redis, prefix: str
+) -> None:
+    source = await make_source()
+    cleanup = task_of(broker, "app:cleanup")
+    unnamed = await cleanup.kicker().schedule_by_interval(source, 45)
+    named = await cleanup.kicker().with_schedule_id("tidy").schedule_by_interval(source, 45)
+    assert named.schedule_id == "tidy"
+    again = await cleanup.kicker().with_schedule_id("tidy").schedule_by_interval(source, 45)
+    assert again.schedule_id == "tidy"
+    assert await redis.llen(f"{prefix}-schedules:interval") == 2  # one copy per id
+    (listed,) = [s for s in await source.get_schedules() if s.task_name == "app:cleanup"]
+    assert listed.schedule_id == "tidy"
+    assert source.schedules["tidy"].schedule_id == unnamed.schedule_id  # one claim key
+    await named.unschedule()
+    assert await redis.llen(f"{prefix}-schedules:interval") == 0
+
+
 @pytest.mark.parametrize("which", ["public", "content", "child"])
 async def test_delete_takes_the_public_content_or_a_childs_id(
     make_source: Factory, broker: InMemoryBroker, which: str
