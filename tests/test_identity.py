@@ -4,7 +4,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 from taskiq import InMemoryBroker, ScheduledTask
@@ -355,12 +355,14 @@ def spelled(draw: st.DrawFn, sets: CronSets) -> str:
     return " ".join(words)
 
 
+@settings(deadline=None)  # croniter's first expansion of a spelling is the slow part
 @given(data=st.data(), sets=cron_sets())
 def test_spellings_of_one_firing_set_give_one_id(data: st.DataObject, sets: CronSets) -> None:
     one, two = data.draw(spelled(sets)), data.draw(spelled(sets))
     assert schedule_id_for(scheduled(cron=one)) == schedule_id_for(scheduled(cron=two))
 
 
+@settings(deadline=None)
 @given(data=st.data(), a=cron_sets(), b=cron_sets())
 def test_different_firing_sets_give_different_ids(
     data: st.DataObject, a: CronSets, b: CronSets
