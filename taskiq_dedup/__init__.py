@@ -8,9 +8,10 @@ from taskiq_dedup.errors import (
 )
 from taskiq_dedup.identity import schedule_id_for
 from taskiq_dedup.keys import KeySpace
+from taskiq_dedup.merge import MergedSchedule, Origin
 from taskiq_dedup.middleware import DedupMiddleware
 from taskiq_dedup.receiver import DedupReceiver
-from taskiq_dedup.source import CompositeScheduleSource, MergedSchedule, Origin, SourceStats
+from taskiq_dedup.source import CompositeScheduleSource, SourceStats
 
 __all__ = [
     "CompositeScheduleSource",

@@ -1,95 +1,126 @@
 """Deterministic schedule ids: what a schedule *is*, not where it was declared.
 
-``schedule_id_for`` hashes the task name, the normalised trigger (cron with its
-timezone or offset, interval in seconds, one-off time in UTC) and the arguments in
-their JSON form - the form they travel to the worker in - with dict keys sorted,
-tuples as lists, sets sorted, and datetimes (also ISO-8601 strings, as a datetime
-argument reads after a JSON round trip) in UTC, naive ones read as UTC. Labels and the ids
-child sources assign are not part of it, so the copy declared in a decorator and
-the copies registered into Redis at every start-up are one schedule.
+A schedule is its task, its trigger in canonical form and its arguments exactly
+as the worker receives them. ``schedule_id_for`` hashes:
+
+* the task name;
+* the trigger: a cron in its canonical spelling (:mod:`taskiq_dedup.crons`: equal
+  firing sets are one trigger) with its timezone or offset, an interval in
+  seconds, a one-off time in UTC (taskiq reads a naive time as UTC);
+* the arguments in the JSON form taskiq's kicker and formatter send them in
+  (``TaskiqMessage.model_dump(mode="json")``, what the JSON serializer sends): a
+  ``datetime`` and the string it serialises to are one value, two different
+  strings are two values. Dict keys are sorted and sets are sorted, since neither
+  order reaches the task as meaning.
+
+Labels and the ids child sources assign are not part of it, so the copy declared
+in a decorator and the copies registered into Redis at every start-up are one
+schedule.
 
 To choose an id yourself, set the ``dedup_id`` label on the schedule (in the
-decorator's ``schedule`` entry ``"labels": {"dedup_id": "nightly-report"}``, or
-``task.kicker().with_labels(dedup_id="nightly-report")``).
+decorator's ``schedule`` entry ``"labels": {"dedup_id": "nightly"}``, or
+``task.kicker().with_labels(dedup_id="nightly")``). A pin is scoped to its task:
+the id is ``nightly@<task name>``, so the same pin on two tasks is two schedules.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic_core import PydanticSerializationError, to_jsonable_python
+from taskiq.message import TaskiqMessage
 
 from taskiq_dedup.errors import InvalidScheduleError
 from taskiq_dedup.labels import PINNED_ID_LABEL
-from taskiq_dedup.triggers import Trigger, as_utc, describe, parse_trigger
+from taskiq_dedup.triggers import Trigger, describe, parse_trigger
 
 if TYPE_CHECKING:
     from taskiq import ScheduledTask
 
-ID_VERSION = 1
-"""Bumped if the hashed content ever changes, so old and new ids cannot collide."""
+ID_VERSION = 2
+"""Bumped whenever the hashed content changes, so old and new ids cannot collide.
+2: arguments exactly as sent (no datetime-like string folding), canonical crons."""
 
 ID_LENGTH = 32
 """Hex digits kept from the SHA-256 digest: 128 bits."""
 
+PIN_SEPARATOR = "@"
+"""Joins a ``dedup_id`` pin to its task name: ``<pin>@<task name>``."""
 
-_ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})?")
 
-
-def _normalise(value: Any) -> Any:  # noqa: ANN401 -- arbitrary task arguments
-    if isinstance(value, datetime):
-        return as_utc(value)
-    if isinstance(value, str) and _ISO_DATETIME.fullmatch(value):
-        # A datetime argument after a JSON round trip (a Redis copy): same rule.
-        return as_utc(datetime.fromisoformat(value.replace("Z", "+00:00")))
+def _sort_sets(value: Any) -> Any:  # noqa: ANN401 -- arbitrary task arguments
+    """Replace sets by sorted lists (their JSON order is Python's hash order)."""
     if isinstance(value, dict):
-        return {key: _normalise(item) for key, item in value.items()}
+        return {key: _sort_sets(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_normalise(item) for item in value]
+        return [_sort_sets(item) for item in value]
     if isinstance(value, (set, frozenset)):
-        items = [_canonical_json(_normalise(item)) for item in value]
-        return [json.loads(item) for item in sorted(items)]
+        return sorted((_sort_sets(item) for item in value), key=_canonical_json)
     return value
 
 
 def _canonical_json(value: Any) -> str:  # noqa: ANN401 -- arbitrary task arguments
     return json.dumps(
-        to_jsonable_python(value),
+        to_jsonable_python(value, inf_nan_mode="null"),
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
     )
 
 
+def _as_sent(task: ScheduledTask) -> tuple[Any, Any]:
+    """Return the args and kwargs in the JSON form taskiq's formatter sends them in."""
+    message = TaskiqMessage(
+        task_id="",
+        task_name=task.task_name,
+        labels={},
+        args=_sort_sets(list(task.args)),
+        kwargs=_sort_sets(dict(task.kwargs)),
+    )
+    sent = message.model_dump(mode="json", include={"args", "kwargs"})
+    return sent["args"], sent["kwargs"]
+
+
+def pinned_id(task_name: str, pin: str) -> str:
+    """Return the id of a schedule pinned with ``dedup_id=pin`` on ``task_name``.
+
+    ``<pin>@<task name>`` when the pin holds no ``@`` and does not start with
+    ``#``; otherwise the pin is replaced by ``#`` and its digest, so distinct
+    (pin, task) pairs never share an id.
+    """
+    if PIN_SEPARATOR in pin or pin.startswith("#"):
+        pin = "#" + hashlib.sha256(pin.encode("utf-8", "surrogatepass")).hexdigest()[:ID_LENGTH]
+    return f"{pin}{PIN_SEPARATOR}{task_name}"
+
+
 def schedule_id_for(task: ScheduledTask, trigger: Trigger | None = None) -> str:
-    """Return the deterministic id of ``task`` (or its pinned ``dedup_id`` label).
+    """Return the deterministic id of ``task`` (scoped to its pinned ``dedup_id``, if set).
 
     ``trigger`` saves parsing it again when the caller already has.
 
     :raises InvalidScheduleError: the trigger is invalid or an argument has no
         JSON form; the message names the task and the culprit.
     """
-    pinned = task.labels.get(PINNED_ID_LABEL)
-    if pinned is not None:
-        if not isinstance(pinned, str) or not pinned.strip():
+    pin = task.labels.get(PINNED_ID_LABEL)
+    if pin is not None:
+        if not isinstance(pin, str) or not pin.strip():
             raise InvalidScheduleError(
                 detail=f"{describe(task)}: label {PINNED_ID_LABEL!r} must be a "
-                f"non-empty string, got {pinned!r}",
+                f"non-empty string, got {pin!r}",
             )
-        return pinned
+        return pinned_id(task.task_name, pin)
     trigger = trigger or parse_trigger(task)
     try:
+        args, kwargs = _as_sent(task)
         content = _canonical_json(
             {
                 "v": ID_VERSION,
                 "task": task.task_name,
                 "trigger": trigger.canonical(),
-                "args": _normalise(list(task.args)),
-                "kwargs": _normalise(dict(task.kwargs)),
+                "args": args,
+                "kwargs": kwargs,
             },
         )
     except (PydanticSerializationError, TypeError, ValueError) as exc:

@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -43,10 +43,10 @@ from taskiq_dedup.identity import schedule_id_for
 from taskiq_dedup.keys import DEFAULT_PREFIX, KeySpace
 from taskiq_dedup.labels import SCHEDULE_ID_LABEL, SLOT_LABEL
 from taskiq_dedup.locks import acquire_lock, release_lock
+from taskiq_dedup.merge import MergedSchedule, Merger, can_delete, user_set_id
 from taskiq_dedup.triggers import (
     LATE_WINDOW,
     OneOffTrigger,
-    Trigger,
     describe,
     parse_trigger,
 )
@@ -80,40 +80,6 @@ RESEND_FIRST_DELAY = 1.0
 """Seconds before this process retries a firing whose send failed (doubling after
 each failure): a broker blip is usually over by then, and a waiting replica has
 already had the released slot if its own broker is healthy."""
-
-
-@dataclass(frozen=True)
-class Origin:
-    """One copy of a schedule: the child source holding it and the child's own task."""
-
-    source: ScheduleSource
-    task: ScheduledTask
-
-
-@dataclass
-class MergedSchedule:
-    """One schedule under its deterministic id, with every copy it was merged from."""
-
-    schedule_id: str
-    task: ScheduledTask
-    trigger: Trigger
-    origins: list[Origin] = field(default_factory=list)
-
-    @property
-    def in_code(self) -> bool:
-        """True if a copy lives in a source that cannot delete (a decorator label)."""
-        return any(not _can_delete(origin.source) for origin in self.origins)
-
-
-@dataclass
-class _Identified:
-    """A child's schedule with its parsed trigger and id, kept from fetch to fetch."""
-
-    task: ScheduledTask
-    trigger: Trigger
-    id: str
-    merged_task: ScheduledTask | None = None
-    """The copy under the deterministic id, when this schedule's copy is the one sent."""
 
 
 @dataclass
@@ -154,10 +120,6 @@ def _overrides(source: ScheduleSource, method: str) -> bool:
 
 def _can_add(source: ScheduleSource) -> bool:
     return _overrides(source, "add_schedule")
-
-
-def _can_delete(source: ScheduleSource) -> bool:
-    return _overrides(source, "delete_schedule")
 
 
 def _pickles(source: ScheduleSource) -> bool:
@@ -262,10 +224,10 @@ class CompositeScheduleSource(ScheduleSource):
         self._sending: dict[str, tuple[ScheduledTask, Attempt, asyncio.Task[Any] | None]] = {}
         self._late_senders: dict[str, asyncio.Task[None]] = {}
         self._releases: set[asyncio.Task[None]] = set()
+        self._merger = Merger(one_off_grace)
         self._schedules: dict[str, MergedSchedule] = {}
+        """By public id: what ``get_schedules`` returns as ``ScheduledTask.schedule_id``."""
         self._last_good: dict[int, list[ScheduledTask]] = {}
-        self._reported: set[str] = set()
-        self._known: dict[tuple[int, str], _Identified] = {}
         self._stats = SourceStats()
 
     @property
@@ -287,7 +249,7 @@ class CompositeScheduleSource(ScheduleSource):
 
     @property
     def schedules(self) -> Mapping[str, MergedSchedule]:
-        """The merged schedules of the last fetch, by deterministic id."""
+        """The merged schedules of the last fetch, by public id."""
         return dict(self._schedules)
 
     async def startup(self) -> None:
@@ -333,7 +295,7 @@ class CompositeScheduleSource(ScheduleSource):
         return [merged.task for merged in (await self.refresh()).values()]
 
     async def refresh(self) -> Mapping[str, MergedSchedule]:
-        """Fetch every child and rebuild the merged schedules.
+        """Fetch every child and rebuild the merged schedules, by public id.
 
         A child that raises keeps its last good schedules (logged and counted), so
         a passing Redis error does not unschedule everything it holds.
@@ -357,86 +319,14 @@ class CompositeScheduleSource(ScheduleSource):
                 )
             else:
                 self._last_good[index] = result
-        self._schedules = self._merge()
+        merged = self._merger.merge(
+            [(source, self._last_good.get(index, [])) for index, source in enumerate(self.sources)],
+            self.clock(),
+        )
+        self._stats.invalid_schedules += merged.invalid
+        self._stats.stale_one_offs += merged.stale
+        self._schedules = merged.schedules
         return self._schedules
-
-    def _merge(self) -> dict[str, MergedSchedule]:
-        now = self.clock()
-        merged: dict[str, MergedSchedule] = {}
-        reported: set[str] = set()
-        known: dict[tuple[int, str], _Identified] = {}
-        for index, source in enumerate(self.sources):
-            for fetched in self._last_good.get(index, []):
-                identified = self._identify(index, source, fetched, reported)
-                if identified is None:
-                    continue
-                known[index, fetched.schedule_id] = identified
-                task, trigger, schedule_id = identified.task, identified.trigger, identified.id
-                if isinstance(trigger, OneOffTrigger) and now - trigger.at > self.one_off_grace:
-                    self._report(
-                        reported,
-                        f"stale {schedule_id}",
-                        "Skipping %s: its time passed more than one_off_grace=%s ago",
-                        describe(task),
-                        self.one_off_grace,
-                    )
-                    self._stats.stale_one_offs += 1
-                    continue
-                entry = merged.get(schedule_id)
-                if entry is None:
-                    if identified.merged_task is None:
-                        identified.merged_task = task.model_copy(
-                            update={"schedule_id": schedule_id}
-                        )
-                    entry = merged[schedule_id] = MergedSchedule(
-                        schedule_id=schedule_id,
-                        task=identified.merged_task,
-                        trigger=trigger,
-                    )
-                entry.origins.append(Origin(source, task))
-        self._known = known
-        self._reported = reported
-        return merged
-
-    def _identify(
-        self,
-        index: int,
-        source: ScheduleSource,
-        task: ScheduledTask,
-        reported: set[str],
-    ) -> _Identified | None:
-        """Parse and name ``task``, reusing the last fetch's work if it is unchanged.
-
-        Redis children return new but equal objects at every fetch: comparing
-        with the last fetch's copy is far cheaper than hashing again, and keeps
-        one set of objects alive instead of two.
-        """
-        previous = self._known.get((index, task.schedule_id))
-        if previous is not None and (previous.task is task or previous.task == task):
-            return previous
-        try:
-            trigger = parse_trigger(task)
-            return _Identified(task, trigger, schedule_id_for(task, trigger))
-        except InvalidScheduleError as exc:
-            self._report(reported, str(exc), "Skipping %s", exc)
-        except Exception as exc:  # one malformed entry must not hide the rest
-            self._report(
-                reported,
-                f"malformed {index} {task!r}",
-                "Skipping a malformed schedule from %s (%s: %s): %r",
-                type(source).__name__,
-                type(exc).__name__,
-                exc,
-                task,
-            )
-        self._stats.invalid_schedules += 1
-        return None
-
-    def _report(self, reported: set[str], key: str, message: str, *args: object) -> None:
-        """Log a WARNING once while the same problem persists across fetches."""
-        reported.add(key)
-        if key not in self._reported:
-            logger.warning(message, *args)
 
     async def pre_send(self, task: ScheduledTask) -> None:
         """Claim the firing; raise ``ScheduledTaskCancelledError`` if it is not ours.
@@ -557,7 +447,7 @@ class CompositeScheduleSource(ScheduleSource):
                     describe(origin.task),
                 )
         if isinstance(entry.trigger, OneOffTrigger):
-            self._schedules.pop(entry.schedule_id, None)
+            self._schedules.pop(entry.public_id, None)
 
     # ------------------------------------------------------------ late sends
 
@@ -640,19 +530,25 @@ class CompositeScheduleSource(ScheduleSource):
             delay = 0.0
 
     async def add_schedule(self, schedule: ScheduledTask) -> None:
-        """Add ``schedule`` under its deterministic id unless it already exists.
+        """Add ``schedule`` unless a schedule with its content already exists.
 
-        Sets ``schedule.schedule_id`` to the deterministic id, so the
-        ``CreatedSchedule`` returned by ``schedule_by_cron`` & co. carries it.
-        Concurrent calls for one schedule (every web worker's start-up) write it
-        at most once.
+        Sets ``schedule.schedule_id`` to the id the caller set
+        (``kicker().with_schedule_id(...)``), else to the existing schedule's
+        public id or the content id, so the ``CreatedSchedule`` returned by
+        ``schedule_by_cron`` & co. carries it. A schedule that exists but has no
+        copy under the caller's id gets one (merged by content, one claim per
+        firing). Concurrent calls for one schedule (every web worker's
+        start-up) write it at most once.
 
-        :raises InvalidScheduleError: bad trigger or arguments, naming them.
+        :raises InvalidScheduleError: bad trigger or arguments, or the id the
+            caller set is another schedule's; the message names them.
         :raises ConfigurationError: no child can add, or it would pickle.
         """
         target = self._add_target()
-        schedule.schedule_id = schedule_id_for(schedule, parse_trigger(schedule))
-        lock_key = self.keys.add_lock(schedule.schedule_id)
+        content_id = schedule_id_for(schedule, parse_trigger(schedule))
+        user_id = user_set_id(schedule.schedule_id, content_id)
+        schedule.schedule_id = user_id or content_id
+        lock_key = self.keys.add_lock(content_id)
         token = uuid.uuid4().hex
         ttl_ms = int(ADD_LOCK_TTL.total_seconds() * 1000)
         give_up = asyncio.get_running_loop().time() + ADD_WAIT.total_seconds()
@@ -667,9 +563,25 @@ class CompositeScheduleSource(ScheduleSource):
             logger.debug("Schedule %s is being added by another process", schedule.schedule_id)
             await asyncio.sleep(ADD_WAIT_POLL)
         try:
-            if schedule.schedule_id in await self.refresh():
+            existing = next(
+                (m for m in (await self.refresh()).values() if m.schedule_id == content_id),
+                None,
+            )
+            if existing is not None and (user_id is None or existing.answers_to(user_id)):
+                schedule.schedule_id = existing.public_id
                 logger.debug("Schedule %s exists; not adding it again", schedule.schedule_id)
                 return
+            # New, or it exists but not yet under the id the caller chose: a copy
+            # carrying that id makes it the schedule's name (merged by content).
+            holder = next(
+                (m for m in self._schedules.values() if m.answers_to(schedule.schedule_id)),
+                None,
+            )
+            if holder is not None:  # a child would overwrite the other schedule's copy
+                raise InvalidScheduleError(
+                    detail=f"schedule id {schedule.schedule_id!r} is already used by "
+                    f"{describe(holder.task)}; choose another id for {describe(schedule)}",
+                )
             await target.add_schedule(schedule.model_copy(deep=True))
             logger.info("Added %s to %s", describe(schedule), type(target).__name__)
         finally:
@@ -690,7 +602,7 @@ class CompositeScheduleSource(ScheduleSource):
         return target
 
     async def delete_schedule(self, schedule_id: str) -> None:
-        """Delete every copy of a schedule, by deterministic id or any child's id.
+        """Delete every copy of a schedule, by public id, content id or any child's id.
 
         An id no child reports (e.g. a one-off not yet due) is passed to every
         child that can delete, as taskiq-redis's own sources do.
@@ -699,16 +611,12 @@ class CompositeScheduleSource(ScheduleSource):
         """
         merged = await self.refresh()
         entry = merged.get(schedule_id) or next(
-            (
-                candidate
-                for candidate in merged.values()
-                if any(origin.task.schedule_id == schedule_id for origin in candidate.origins)
-            ),
+            (candidate for candidate in merged.values() if candidate.answers_to(schedule_id)),
             None,
         )
         if entry is None:
             for source in self.sources:
-                if _can_delete(source):
+                if can_delete(source):
                     await source.delete_schedule(schedule_id)
             return
         if entry.in_code:
@@ -718,4 +626,4 @@ class CompositeScheduleSource(ScheduleSource):
             )
         for origin in entry.origins:
             await origin.source.delete_schedule(origin.task.schedule_id)
-        self._schedules.pop(entry.schedule_id, None)
+        self._schedules.pop(entry.public_id, None)

@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter
 
+from taskiq_dedup.crons import canonical_cron
 from taskiq_dedup.errors import InvalidScheduleError
 
 if TYPE_CHECKING:
@@ -70,14 +71,18 @@ def epoch_seconds(moment: datetime) -> int:
 
 @dataclass(frozen=True)
 class CronTrigger:
-    """A five-field cron expression, in UTC, a timezone, or shifted by an offset."""
+    """A five-field cron expression, in UTC, a timezone, or shifted by an offset.
+
+    ``expression`` is the canonical spelling (:func:`taskiq_dedup.crons.canonical_cron`):
+    equal firing sets have equal expressions.
+    """
 
     expression: str
     zone: tzinfo | None = None
     offset: timedelta | None = None
 
     def canonical(self) -> str:
-        """Text that is equal for equal triggers (whitespace and case folded)."""
+        """Text that is equal for equal triggers (the canonical cron and where it runs)."""
         where = "UTC"
         if self.zone is not None:
             where = f"tz={self.zone}"
@@ -290,8 +295,14 @@ def parse_trigger(task: ScheduledTask) -> Trigger:
                 detail=f"{describe(task)}: invalid cron {task.cron!r} "
                 "(five fields: minute hour day month weekday, matching some date)",
             )
+        try:
+            canonical = canonical_cron(expression)
+        except ValueError as exc:  # UnsupportedCronError: L, W, #
+            raise InvalidScheduleError(
+                detail=f"{describe(task)}: cron {task.cron!r}: {exc}"
+            ) from exc
         zone, offset = _zone_or_offset(task)
-        return CronTrigger(expression, zone, offset)
+        return CronTrigger(canonical, zone, offset)
     if task.interval is not None:
         interval = task.interval
         seconds = interval.total_seconds() if isinstance(interval, timedelta) else interval

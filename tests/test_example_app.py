@@ -312,3 +312,22 @@ async def test_idle_worker_keeps_waiting_for_messages(
                 await asyncio.wait_for(anext(messages), timeout=6)
         finally:
             await messages.aclose()
+
+
+async def test_a_schedule_added_under_your_id_is_listed_and_deleted_by_it(
+    client: httpx.AsyncClient,
+) -> None:
+    body = {"task": "example:report", "cron": "0 9 * * mon", "id": "monday-report"}
+    added = await client.post("/schedules", json=body)
+    assert added.status_code == 201, added.text
+    content_id = schedule_id_for(scheduled(task_name="example:report", cron="0 9 * * 1"))
+    assert (added.json()["id"], added.json()["content_id"]) == ("monday-report", content_id)
+    assert added.json()["trigger"]["cron"] == "0 9 * * 1"
+    # The same schedule posted without an id (or spelled otherwise) is the same one:
+    again = await client.post("/schedules", json={"task": "example:report", "cron": "0 9 * * 1"})
+    assert again.json()["id"] == "monday-report"
+    listed = {s["id"] for s in (await client.get("/schedules")).json()}
+    assert "monday-report" in listed
+    assert content_id not in listed
+    assert (await client.delete("/schedules/monday-report")).status_code == 204
+    assert (await client.delete("/schedules/monday-report")).status_code == 404

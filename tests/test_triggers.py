@@ -2,7 +2,11 @@
 
 from datetime import datetime, timedelta, timezone
 
+import pycron
 import pytest
+from croniter import croniter
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from taskiq import ScheduledTask
 
 from taskiq_dedup import InvalidScheduleError
@@ -17,6 +21,7 @@ from taskiq_dedup.triggers import (
     epoch_seconds,
     parse_trigger,
 )
+from tests.test_identity import CronSets, cron_sets, spelled
 
 UTC = timezone.utc
 NOON = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -143,3 +148,42 @@ def test_bad_intervals_are_named(interval: float) -> None:
     )
     with pytest.raises(InvalidScheduleError, match="interval"):
         parse_trigger(bad)
+
+
+@pytest.mark.parametrize(
+    "cron",
+    ["0 9 l * *", "0 9 15w * *", "0 9 * * 2#3", "0 9 * * l5"],
+)
+def test_crons_taskiqs_loop_never_matches_are_named(cron: str) -> None:
+    with pytest.raises(InvalidScheduleError, match="taskiq's scheduler") as info:
+        parse_trigger(task(cron=cron))
+    assert cron in str(info.value)
+
+
+@settings(deadline=None)
+@given(
+    data=st.data(),
+    sets=cron_sets(),
+    moment=st.datetimes(datetime(2000, 1, 1), datetime(2100, 1, 1)),
+)
+def test_taskiqs_loop_fires_the_canonical_cron_when_croniter_does(
+    data: st.DataObject, sets: CronSets, moment: datetime
+) -> None:
+    """The loop (pycron) reads the canonical spelling as croniter reads the original."""
+    original = data.draw(spelled(sets))
+    trigger = parse_trigger(task(cron=original))
+    assert isinstance(trigger, CronTrigger)
+    moment = moment.replace(second=0, microsecond=0)
+    assert pycron.is_now(trigger.expression, moment) == croniter.match(original, moment)
+    following = croniter(original, moment).get_next(datetime)
+    assert pycron.is_now(trigger.expression, following)
+
+
+@pytest.mark.parametrize(
+    ("cron", "sunday_fires"),
+    [("0 9 * * 7", True), ("0 9 * * sat-sun", True), ("0 9 * * mon", False)],
+)
+def test_sunday_as_7_and_named_ranges_fire_in_taskiqs_loop(cron: str, sunday_fires: bool) -> None:
+    sunday = datetime(2026, 1, 4, 9, 0)
+    assert not pycron.is_now("0 9 * * 7", sunday)  # pycron alone never matches 7
+    assert pycron.is_now(parse_trigger(task(cron=cron)).expression, sunday) == sunday_fires  # type: ignore[union-attr]

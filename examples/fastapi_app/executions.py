@@ -32,8 +32,8 @@ class Execution:
     task: str
     """The task's name."""
     schedule_id: str | None
-    """The ``schedule_id`` label: the deterministic id with taskiq-dedup, a copy's
-    own id as shipped, ``None`` for a plain ``kiq``."""
+    """The ``schedule_id`` label: the public id with taskiq-dedup (yours, else the
+    content id), a copy's own id as shipped, ``None`` for a plain ``kiq``."""
     slot: int | None
     """The ``dedup_slot`` label (epoch seconds of the firing), ``None`` as shipped."""
     task_id: str

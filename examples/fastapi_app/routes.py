@@ -34,7 +34,7 @@ State = Annotated[AppState, Depends(get_state)]
 
 @router.get("/schedules")
 async def list_schedules(state: State) -> list[ScheduleOut]:
-    """Every schedule once, under its deterministic id, with the copies it merges."""
+    """Every schedule once, under its public id, with the copies it merges."""
     merged = await state.composite.refresh()
     now = utc_now()
     return sorted(
@@ -65,15 +65,13 @@ async def add_schedule(body: ScheduleIn, state: State) -> ScheduleOut:
 
 @router.delete("/schedules/{schedule_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_schedule(schedule_id: str, state: State) -> Response:
-    """Delete every copy of a schedule, by its deterministic id or a copy's id.
+    """Delete every copy of a schedule, by its public id, content id or a copy's id.
 
     404 if no source has it; 409 if it is declared in a task decorator.
     """
     merged = await state.composite.refresh()
     listed = schedule_id in merged or any(
-        origin.task.schedule_id == schedule_id
-        for entry in merged.values()
-        for origin in entry.origins
+        entry.answers_to(schedule_id) for entry in merged.values()
     )
     if not listed and not await _stored_unlisted(state, schedule_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no schedule {schedule_id!r}")

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from taskiq import ScheduledTask
 from taskiq.schedule_sources import LabelScheduleSource
 
-from taskiq_dedup import InvalidScheduleError
+from taskiq_dedup import InvalidScheduleError, schedule_id_for
 from taskiq_dedup.triggers import CronTrigger, IntervalTrigger, Trigger, parse_trigger
 
 if TYPE_CHECKING:
@@ -70,9 +70,10 @@ class OriginOut(BaseModel):
 
 
 class ScheduleOut(BaseModel):
-    """A schedule under its deterministic id, with every copy it was merged from."""
+    """A schedule under its public id, with every copy it was merged from."""
 
-    id: str
+    id: str = Field(description="the public id: the id a user set on a copy, else content_id")
+    content_id: str = Field(description="the deterministic id of the schedule's content")
     task: str
     args: list[Any]
     kwargs: dict[str, Any]
@@ -87,7 +88,8 @@ class ScheduleOut(BaseModel):
     def of(cls, merged: MergedSchedule, now: datetime) -> ScheduleOut:
         """Describe a merged schedule."""
         return cls(
-            id=merged.schedule_id,
+            id=merged.public_id,
+            content_id=merged.schedule_id,
             task=merged.task.task_name,
             args=merged.task.args,
             kwargs=merged.task.kwargs,
@@ -106,6 +108,7 @@ class ScheduleOut(BaseModel):
         trigger = parse_trigger(task)
         return cls(
             id=task.schedule_id,
+            content_id=schedule_id_for(task, trigger),
             task=task.task_name,
             args=task.args,
             kwargs=task.kwargs,
@@ -124,13 +127,17 @@ class ScheduleIn(BaseModel):
         json_schema_extra={
             "examples": [
                 {"task": "example:report", "cron": "0 9 * * 1-5", "timezone": "Europe/Berlin"},
-                {"task": "example:tick", "interval": 30},
+                {"task": "example:tick", "interval": 30, "id": "tick-30s"},
                 {"task": "example:digest", "at": "2030-01-01T00:00:00Z"},
             ],
         },
     )
 
     task: str = Field(description="a registered task name, e.g. example:report")
+    id: str | None = Field(
+        default=None,
+        description="your name for the schedule (its public id); default: the content id",
+    )
     cron: str | None = Field(default=None, description="five fields: minute hour day month weekday")
     timezone: str | None = Field(default=None, description="IANA zone of the cron, default UTC")
     interval: float | None = Field(default=None, description="seconds, a whole number >= 1")
@@ -161,6 +168,8 @@ class ScheduleIn(BaseModel):
         parse_trigger(ScheduledTask.model_construct(schedule_id=NEW_SCHEDULE, **fields))
         if self.interval is not None:
             fields["interval"] = int(self.interval)
+        if self.id is not None:
+            fields["schedule_id"] = self.id
         return ScheduledTask(**fields)
 
 
