@@ -271,10 +271,10 @@ class Leases:
                     ),
                 ),
             )
-        pipe = self._redis.pipeline(transaction=False)
-        for key, token, retention_ms in leases:
-            await self._heartbeat(keys=[key], args=[token, lease_ms, retention_ms], client=pipe)
-        replies = await pipe.execute(raise_on_error=True)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key, token, retention_ms in leases:
+                await self._heartbeat(keys=[key], args=[token, lease_ms, retention_ms], client=pipe)
+            replies = await pipe.execute(raise_on_error=True)
         return [bool(reply) for reply in replies]
 
     async def finish(self, key: str, token: str, *, retention_ms: int) -> bool:
