@@ -102,13 +102,14 @@ FINISH_SCRIPT = """
 -- KEYS[1] = the dedup key
 -- ARGV[1] = owner token
 -- ARGV[2] = retention of the key in milliseconds
--- returns 1 if the key is now done, 0 if this token no longer holds it
+-- returns 1 if the key is now done by this token (also on a retry whose first
+--   reply was lost: the owner is kept), 0 if this token no longer holds it
 local h = redis.call('HMGET', KEYS[1], 'owner', 'state')
-if h[1] ~= ARGV[1] or h[2] ~= 'running' then
+if h[1] ~= ARGV[1] or (h[2] ~= 'running' and h[2] ~= 'done') then
   return 0
 end
 redis.call('HSET', KEYS[1], 'state', 'done')
-redis.call('HDEL', KEYS[1], 'owner', 'lease_until')
+redis.call('HDEL', KEYS[1], 'lease_until')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """

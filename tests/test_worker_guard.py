@@ -275,6 +275,67 @@ async def test_lost_bind_and_confirm_replies_are_recognised_on_retry(
         proxy.close()
 
 
+async def test_confirm_rebinds_a_key_lost_with_redis_data(
+    brokers: Brokers, redis: Redis, prefix: str
+) -> None:
+    """Redis restarted without persistence between bind and confirm: the sent kick binds."""
+    middleware = DedupMiddleware(redis=redis, prefix=prefix)
+    broker = brokers.queue(middleware)
+    task = broker.register_task(recorder([]), task_name="charge")
+    message = await middleware.pre_send(
+        task.kicker().with_labels(idempotency_key="k")._prepare_message("x")
+    )
+    key = idem_key(prefix, "charge", "k")
+    await redis.delete(key)  # the data went with the restart
+    await middleware.post_send(message)
+    assert await redis.hmget(key, "task_id", "phase") == [message.task_id.encode(), b"sent"]
+
+
+# -------------------------------------------------- claims and finishes
+
+
+async def test_lost_claim_and_finish_replies_are_recognised_on_retry(
+    own_redis: RedisServer, prefix: str
+) -> None:
+    """A claim or finish retried after its reply was lost counts as its own attempt."""
+    proxy = LatencyProxy(own_redis.port).start()
+    client = Redis.from_url(proxy.url, socket_timeout=0.5)
+    direct = Redis.from_url(own_redis.url)
+    try:
+        middleware = DedupMiddleware(redis=client, prefix=prefix)
+        message = TaskiqMessage(
+            task_id="t", task_name="report", labels=firing(), args=[], kwargs={}
+        )
+        proxy.drop_next_reply()
+        assert await middleware.pre_execute(message) is message  # claimed, not "running"
+        proxy.drop_next_reply()
+        await middleware.post_execute(message, None)  # type: ignore[arg-type]
+        assert middleware.stats == DedupStats(executed=1)  # no lease reported lost
+        key = KeySpace(prefix).firing("nightly", 1_700_000_000)
+        assert await direct.hmget(key, "state", "attempts") == [b"done", b"1"]
+    finally:
+        await client.aclose()
+        await direct.aclose()
+        proxy.close()
+
+
+async def test_kick_arriving_while_another_kick_of_its_key_runs_is_dropped(
+    redis: Redis, prefix: str
+) -> None:
+    middleware = DedupMiddleware(redis=redis, prefix=prefix)
+    labels = {"idempotency_key": "k"}
+    first = TaskiqMessage(task_id="t-1", task_name="charge", labels=labels, args=[], kwargs={})
+    other = TaskiqMessage(task_id="t-2", task_name="charge", labels=labels, args=[], kwargs={})
+    assert await middleware.pre_send(first) is first
+    await middleware.post_send(first)
+    assert await middleware.pre_execute(first) is first
+    dropped = await middleware.pre_execute(other)  # a copy sent outside pre_send
+    assert dropped.labels[skip.SKIP_LABEL] == "duplicate"
+    await middleware.post_execute(first, None)  # type: ignore[arg-type]
+    assert middleware.stats == DedupStats(executed=1, dropped_other_kick=1)
+    await middleware.shutdown()
+
+
 # ------------------------------------------------------- deadlines (defect 2)
 
 
