@@ -46,14 +46,16 @@ def _version(text: str) -> tuple[int, ...]:
 async def check_server(redis: Redis, logger: logging.Logger) -> list[str]:
     """Check the server behind ``redis``; log and return one WARNING text per problem.
 
-    A Redis error while checking is logged as a WARNING too (the check could
-    not run); it does not raise.
+    An unreachable server is one WARNING (the check could not run); nothing
+    is raised.
     """
     problems: list[str] = []
     try:
         info = await within(OPERATION_DEADLINE, lambda: redis.info("server"))
     except REDIS_ERRORS as exc:
-        problems.append(f"could not check the Redis server: {type(exc).__name__}: {exc}")
+        problem = f"could not check the Redis server: {type(exc).__name__}: {exc}"
+        logger.warning("%s", problem)
+        return [problem]
     else:
         version = _text(info.get("redis_version", ""))
         if _version(version) < MIN_REDIS_VERSION:

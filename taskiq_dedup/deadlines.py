@@ -16,7 +16,9 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, TypeVar
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -25,6 +27,15 @@ T = TypeVar("T")
 
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
 """What a failed Redis call raises: redis-py's errors, socket errors, timeouts."""
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    asyncio.TimeoutError,
+)
+"""Errors another try may not meet: connections and timeouts. A script's own
+error (a reply, ``WRONGTYPE``) would recur, so it is raised at once."""
 
 OPERATION_DEADLINE = 5.0
 """Seconds one worker-side decision (claim, finish, release, bind, confirm) may
@@ -47,6 +58,8 @@ MAX_BACKOFF = 0.5
 async def within(seconds: float, call: Callable[[], Awaitable[T]]) -> T:
     """Run ``call()`` until it succeeds, each try bounded, all within ``seconds``.
 
+    Only connection errors and timeouts are tried again.
+
     :raises: the last try's Redis error, or ``asyncio.TimeoutError`` if no try
         finished before the deadline.
     """
@@ -56,7 +69,7 @@ async def within(seconds: float, call: Callable[[], Awaitable[T]]) -> T:
         left = deadline - time.monotonic()
         try:
             return await asyncio.wait_for(call(), timeout=max(0.0, min(ATTEMPT_TIMEOUT, left)))
-        except REDIS_ERRORS:
+        except TRANSIENT_ERRORS:
             left = deadline - time.monotonic()
             if left <= backoff:
                 raise

@@ -141,9 +141,11 @@ class Holds:
         except REDIS_ERRORS as exc:
             self._on_error(exc)
             return
+        current = {id(hold) for hold in self._holds.values()}
         for hold, still_held in zip(holds, held, strict=True):
             if still_held:
                 hold.renewed_at = started
-            elif not hold.lost:
+            elif id(hold) in current and not hold.lost:
+                # (a hold finished or released during the round is not lost)
                 hold.lost = True
                 self._on_lost(hold)

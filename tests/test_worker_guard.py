@@ -697,3 +697,16 @@ async def test_check_server_passes_noeviction_and_reports_an_old_version(
     assert "99.0" in problem
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [problem]
+
+
+async def test_check_server_of_an_unreachable_redis_is_one_warning(
+    own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = Redis.from_url(own_redis.url, socket_connect_timeout=0.2)
+    own_redis.kill()
+    try:
+        [problem] = await checks.check_server(client, logging.getLogger("test"))
+    finally:
+        await client.aclose()
+    assert "could not check" in problem
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [problem]
