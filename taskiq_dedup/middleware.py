@@ -110,7 +110,7 @@ from taskiq_dedup.labels import (
 )
 from taskiq_dedup.leases import Claim, Leases
 from taskiq_dedup.stats import Counter, DedupStats
-from taskiq_dedup.stock_schedules import Firing, firing_of
+from taskiq_dedup.stock_schedules import Firing, ambiguous_tasks, firing_of
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -306,10 +306,27 @@ class DedupMiddleware(TaskiqMiddleware):
             self._binder.rerun_lost = isinstance(broker, _NO_REDELIVERY)
 
     async def startup(self) -> None:
-        """Check the Redis server once: eviction policy and version (WARNINGs)."""
-        if not self._checked:
-            self._checked = True
-            await check_server(self.redis, logger)
+        """Check the Redis server once (eviction policy, version); name unmatchable schedules.
+
+        Outside workers (a scheduler), one WARNING per task whose decorator
+        schedules a stock scheduler's firing cannot be matched to.
+        """
+        if self._checked:
+            return
+        self._checked = True
+        await check_server(self.redis, logger)
+        if self.broker.is_worker_process:
+            return
+        tasks = {name: dict(task.labels) for name, task in self.broker.get_all_tasks().items()}
+        for name in ambiguous_tasks(tasks):
+            self._warned_unnamed.add(name)
+            logger.warning(
+                "Task %s has decorator schedules with the same arguments, not all crons: "
+                "a stock scheduler's firing of them cannot be told apart, so it is "
+                "deduplicated only by the second it is sent in; give each a dedup_id "
+                "label or use CompositeScheduleSource",
+                name,
+            )
 
     async def shutdown(self) -> None:
         """Stop the heartbeat loop; close the Redis client if this middleware made it."""

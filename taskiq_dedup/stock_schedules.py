@@ -4,8 +4,8 @@ taskiq's ``LabelScheduleSource`` gives every schedule a random id in every
 process, so copies of one decorator schedule sent by N stock schedulers share
 no key. ``firing_of`` runs in the sending scheduler (the middleware's
 ``pre_send``) and matches the message to the task's decorator ``schedule``
-entries: if exactly one entry has the message's arguments (or its explicit
-``schedule_id``), the message gets that schedule's deterministic id
+entries: if exactly one entry has the message's explicit ``schedule_id``, its
+``dedup_id`` label, or else its arguments, the message gets that schedule's deterministic id
 (``schedule_id_for``) and the slot of its trigger at ``now``
 (``parse_trigger(...).slot``) - the names the composite source would give it.
 
@@ -25,6 +25,7 @@ from taskiq import ScheduledTask
 from taskiq.exceptions import TaskiqError
 
 from taskiq_dedup.identity import schedule_id_for
+from taskiq_dedup.labels import PINNED_ID_LABEL
 from taskiq_dedup.triggers import (
     CRON_REFIRE_WINDOW,
     MAX_CLOCK_SKEW,
@@ -57,7 +58,7 @@ class _Entry:
     pinned_id: str | None
 
 
-def _entries(message: TaskiqMessage, task_labels: dict[str, Any]) -> list[_Entry]:
+def _entries(task_name: str, task_labels: dict[str, Any]) -> list[_Entry]:
     """Return the decorator schedules of the task, as the label source reads them."""
     entries: list[_Entry] = []
     shared = {key: value for key, value in task_labels.items() if key != "schedule"}
@@ -66,7 +67,7 @@ def _entries(message: TaskiqMessage, task_labels: dict[str, Any]) -> list[_Entry
             continue
         try:
             task = ScheduledTask(
-                task_name=message.task_name,
+                task_name=task_name,
                 labels={**(entry.get("labels") or {}), **shared},
                 args=list(entry.get("args") or []),
                 kwargs=dict(entry.get("kwargs") or {}),
@@ -96,10 +97,13 @@ def firing_of(
 ) -> Firing | str:
     """Name the firing ``message`` is, or say why it cannot be named."""
     schedule_id = str(message.labels.get("schedule_id"))
-    entries = _entries(message, task_labels)
+    entries = _entries(message.task_name, task_labels)
     if not entries:
         return "its task declares no schedule in its decorator"
     candidates = [entry for entry in entries if entry.pinned_id == schedule_id]
+    dedup_id = message.labels.get(PINNED_ID_LABEL)
+    if not candidates and dedup_id is not None:
+        candidates = [e for e in entries if e.task.labels.get(PINNED_ID_LABEL) == dedup_id]
     if not candidates:
         candidates = [
             entry
@@ -120,3 +124,23 @@ def firing_of(
     except TaskiqError as exc:
         return str(exc)
     return Firing(identity, match.trigger.slot(now))
+
+
+def ambiguous_tasks(tasks: dict[str, dict[str, Any]]) -> list[str]:
+    """Return the names of tasks whose decorator schedules cannot all be told apart.
+
+    Entries with the same arguments are told apart only when all are crons
+    (by the one due); with an interval or one-off among them they are not.
+    """
+    names: list[str] = []
+    for name, labels in tasks.items():
+        groups: dict[str, list[_Entry]] = {}
+        for entry in _entries(name, labels):
+            if entry.pinned_id is None and PINNED_ID_LABEL not in entry.task.labels:
+                groups.setdefault(repr((entry.task.args, entry.task.kwargs)), []).append(entry)
+        if any(
+            len(group) > 1 and not all(isinstance(e.trigger, CronTrigger) for e in group)
+            for group in groups.values()
+        ):
+            names.append(name)
+    return names

@@ -546,6 +546,55 @@ async def test_unmatched_stock_firing_warns_once_and_keeps_the_senders_second(
     assert "report" in warnings[0]
 
 
+async def test_scheduler_start_up_names_tasks_whose_schedules_cannot_be_told_apart(
+    redis: Redis, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    middleware = DedupMiddleware(redis=redis, prefix=prefix)
+    broker = InMemoryBroker().with_middlewares(middleware)
+    broker.is_worker_process = False  # a scheduler
+    both = [{"interval": 60, "args": [1]}, {"cron": "* * * * *", "args": [1]}]
+    broker.register_task(recorder([]), task_name="clash", schedule=both)
+    broker.register_task(
+        recorder([]),
+        task_name="pinned",
+        schedule=[{**entry, "labels": {"dedup_id": f"p{i}"}} for i, entry in enumerate(both)],
+    )
+    broker.register_task(
+        recorder([]),
+        task_name="crons",
+        schedule=[{"cron": "0 * * * *", "args": [1]}, {"cron": "30 * * * *", "args": [1]}],
+    )
+    await middleware.startup()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "clash" in warnings[0]
+
+
+async def test_dedup_id_label_tells_stock_firings_apart(redis: Redis, prefix: str) -> None:
+    clock = FakeClock(datetime(2026, 3, 10, 12, 0, 1, tzinfo=timezone.utc))
+    middleware = DedupMiddleware(redis=redis, prefix=prefix, clock=clock)
+    broker = InMemoryBroker().with_middlewares(middleware)
+    broker.register_task(
+        recorder([]),
+        task_name="report",
+        schedule=[
+            {"interval": 60, "args": [1], "labels": {"dedup_id": "minutely"}},
+            {"interval": 120, "args": [1], "labels": {"dedup_id": "two-minutely"}},
+        ],
+    )
+    source = LabelScheduleSource(broker)
+    await source.startup()
+    for schedule in await source.get_schedules():
+        message = (
+            AsyncKicker("report", broker, schedule.labels)
+            .with_labels(schedule_id=schedule.schedule_id)
+            ._prepare_message(1)
+        )
+        named = await middleware.pre_send(message)
+        assert named.labels[SCHEDULE_ID_LABEL] == schedule.labels["dedup_id"]
+        assert named.labels[SLOT_LABEL] == str(int(clock.now.timestamp()) // 60 * 60)
+
+
 # ------------------------------------------------- settling (defect 5)
 
 
