@@ -36,6 +36,7 @@ from tests.support.polling import eventually
 from tests.support.redis_server import RedisServer
 
 MIDDLEWARE_LOG = "taskiq_dedup.middleware"
+DOWN_DEADLINE = 0.5  # against a stopped server every try fails at once: give up soon
 GROUP = "taskiq"  # RedisStreamBroker's default consumer group
 RECEIVERS = pytest.mark.parametrize(
     "receiver_cls", [Receiver, DedupReceiver], ids=["stock", "dedup"]
@@ -650,7 +651,9 @@ async def dead_redis(own_redis: RedisServer) -> AsyncIterator[Redis]:
 async def test_fail_open_executes_and_reports(
     brokers: Brokers, dead_redis: Redis, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    middleware = DedupMiddleware(redis=dead_redis, prefix=prefix, on_redis_error="execute")
+    middleware = DedupMiddleware(
+        redis=dead_redis, prefix=prefix, on_redis_error="execute", redis_deadline=DOWN_DEADLINE
+    )
     broker = brokers.queue(middleware)
     calls: list[Any] = []
     task = broker.register_task(recorder(calls), task_name="report")
@@ -674,7 +677,9 @@ async def test_fail_closed_leaves_a_stream_message_for_redelivery(
     prefix: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    middleware = DedupMiddleware(redis=dead_redis, prefix=prefix)  # "reject" by default
+    middleware = DedupMiddleware(
+        redis=dead_redis, prefix=prefix, redis_deadline=DOWN_DEADLINE
+    )  # "reject"
     broker = brokers.stream(middleware)
     await broker.startup()
     calls: list[Any] = []
@@ -712,7 +717,7 @@ async def test_fail_closed_pushes_a_list_message_back(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr(skip, "REQUEUE_DELAY", 0.01)
-    middleware = DedupMiddleware(redis=dead_redis, prefix=prefix)
+    middleware = DedupMiddleware(redis=dead_redis, prefix=prefix, redis_deadline=DOWN_DEADLINE)
     broker = brokers.queue(middleware)
     calls: list[Any] = []
     task = broker.register_task(recorder(calls), task_name="report")
@@ -736,7 +741,7 @@ async def test_idempotent_kiq_without_redis(
     brokers: Brokers, dead_redis: Redis, redis: Redis, prefix: str
 ) -> None:
     calls: list[Any] = []
-    closing = DedupMiddleware(redis=dead_redis, prefix=prefix)
+    closing = DedupMiddleware(redis=dead_redis, prefix=prefix, redis_deadline=DOWN_DEADLINE)
     closed = brokers.queue(closing, name="closed")
     task = closed.register_task(recorder(calls), task_name="charge")
     with pytest.raises(DedupUnavailableError):
@@ -744,7 +749,9 @@ async def test_idempotent_kiq_without_redis(
     assert await redis.llen(f"{prefix}:closed") == 0  # nothing sent
     assert closing.stats == DedupStats(redis_errors=1)
 
-    opening = DedupMiddleware(redis=dead_redis, prefix=prefix, on_redis_error="execute")
+    opening = DedupMiddleware(
+        redis=dead_redis, prefix=prefix, on_redis_error="execute", redis_deadline=DOWN_DEADLINE
+    )
     open_ = brokers.queue(opening, name="open")
     handle = await AsyncKicker("charge", open_, {"idempotency_key": "k"}).kiq(1)
     assert await redis.llen(f"{prefix}:open") == 1  # sent unchanged, with its own id
