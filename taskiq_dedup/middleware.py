@@ -1,81 +1,29 @@
 """``DedupMiddleware``: the worker-side guard that runs each firing once.
 
-Which messages. A message from a scheduler carries ``schedule_id`` and
-``dedup_slot`` (``CompositeScheduleSource`` sets both); its key is
-``keys.firing(schedule_id, slot)``. A message with ``schedule_id`` but no slot
-(a stock scheduler) is named in ``pre_send``, in the scheduler process: matched
-to its task's decorator schedule, it gets that schedule's deterministic id and
-the slot of its trigger (see ``stock_schedules``); otherwise it gets the current
-epoch second as its slot, with one WARNING per task. A
-message kicked with an ``idempotency_key`` label is keyed by task name + value
-(a schedule's labels win over it). Anything else passes through without a
-Redis call.
+The taskiq hooks, wiring the parts that each hold one concept:
 
-Execution. ``pre_execute`` claims the key with one script (see ``leases``). The
-winner runs under a lease that the process's one heartbeat loop renews every
-``lease_ttl / 3`` (see ``holding``) and finishes the key
-as ``done`` on success; a failure releases it, so a retry can run. A message
-whose key is done, or running under a live lease, is not executed: it is
-rewritten into the skip task (see ``skip``), logged in one INFO line and
-counted. It is acknowledged - unless it carries the holder's own task id, when
-it may be the holder's own delivery handed out again (``XAUTOCLAIM`` hands out a
-task running longer than the broker's ``idle_timeout``); acking that would ack
-the holder's message, so it comes back later (see ``skip.settle``).
+- ``pre_send`` (in the sending process) names a stock scheduler's firing after
+  its decorator schedule (``stock_schedules``) and binds an idempotent kick as
+  pending, or turns a repeated one into an echo of the task that answers it
+  (``idempotency``); ``post_send`` confirms the binding once the broker has
+  accepted the message.
+- ``pre_execute`` claims the message's key with one script (``leases``): the
+  winner runs under a lease renewed by the process's one heartbeat loop
+  (``holding``); a duplicate is rewritten into the skip task (``skip``) and
+  settled within a bounded time. ``post_execute`` marks the key done;
+  ``on_error`` releases it, so a retry middleware placed *before* this one can
+  run it again (a retry with the holder's task id and a higher generation also
+  supersedes a holder that was not released).
+- Every Redis operation has a deadline on the whole operation, retries
+  included (``deadlines``). ``on_redis_error`` decides what a failure means:
+  ``"reject"`` (default, fail-closed: the message is not run and comes back
+  later; an idempotent kick raises ``DedupUnavailableError``) or ``"execute"``
+  (run unguarded). Each failure is one ERROR line and a ``redis_errors`` count.
+- ``startup`` checks the server once (``checks``).
 
-Deadlines. Every Redis operation has a deadline on the whole operation, the
-client's retries included (``deadlines``); a renewal round is retried until the
-earliest held lease would lapse.
-
-Receivers. Run workers with ``taskiq worker --receiver
-taskiq_dedup:DedupReceiver app:broker``. taskiq's stock receiver never runs a
-duplicate either, but logs taskiq's WARNING "skipped setting result" for each
-and calls ``on_error`` hooks with ``NoResultError`` (see ``skip``).
-
-Crash safety (``RedisStreamBroker``). A SIGKILLed worker leaves its message
-pending and its lease unrenewed. The broker redelivers the message once it has
-been idle for ``idle_timeout`` (default 600 s); the lease (default 60 s) has
-lapsed by then, so the redelivery takes the key over and runs to completion.
-Hence ``lease_ttl`` must stay well below ``idle_timeout``: this middleware
-refuses a stream broker whose ``idle_timeout`` is under twice the lease.
-Dropping a duplicate that meets a live lease is safe because the live holder's
-own message stays unacked until it finishes. (taskiq-redis 1.2 reclaims idle
-messages only after a read returned new ones, so redelivery waits for traffic.)
-A heartbeat needs the event loop: an ``async`` task that blocks it longer than
-two heartbeats can lose its lease (counted in ``stats.leases_lost``).
-
-Retries. A retry from ``SimpleRetryMiddleware`` / ``SmartRetryMiddleware`` is a
-new message with the same task id and labels and a higher ``_retries``. Put
-``DedupMiddleware`` *after* the retry middleware::
-
-    broker.with_middlewares(SimpleRetryMiddleware(), DedupMiddleware(...))
-
-``on_error`` hooks run in reverse order, so the key is released before the
-retry is kicked. In the other order the retry may be claimed while the failed
-holder still owns the key; the claim script lets a message with the holder's
-task id and a higher generation (``_retries`` + taskiq's requeue count)
-supersede it, so that order works too.
-
-Idempotent kicks. ``pre_send`` binds the key to the kick's task id as pending;
-``post_send`` confirms it once the broker has accepted the message (see
-``idempotency``). A later kick with the same key is sent as an *echo* carrying
-the first task id (so ``kiq`` returns a handle on the first task's result) and
-no payload - but only once that task exists; a worker acknowledges an echo
-without running anything or writing a result.
-
-Redis errors, by ``on_redis_error``:
-
-- ``"reject"`` (default, fail-closed): the message is not executed and not
-  lost. ``RedisStreamBroker`` keeps it pending and redelivers it after
-  ``idle_timeout``; any other broker gets it pushed back onto the queue after
-  ``REQUEUE_DELAY``, and an ackable delivery is acknowledged once it is back
-  (if the broker is down too, that fails and is logged at ERROR). A kick
-  with an idempotency key raises ``DedupUnavailableError`` to the caller
-  instead of being sent.
-- ``"execute"`` (fail-open): the message runs unguarded, and may run twice.
-
-The default is fail-closed because this package exists to prevent duplicate
-side effects: a firing delayed until Redis is back is the smaller harm. Either
-way each failure is one ERROR line and counts in ``stats.redis_errors``.
+A ``RedisStreamBroker`` whose ``idle_timeout`` is under twice ``lease_ttl`` is
+refused: a dead worker's redelivered message must find its lease lapsed.
+The protocols, state by state, are in docs/PROTOCOL-WORKER.md.
 """
 
 from __future__ import annotations
@@ -110,7 +58,7 @@ from taskiq_dedup.labels import (
 )
 from taskiq_dedup.leases import Claim, Leases
 from taskiq_dedup.stats import Counter, DedupStats
-from taskiq_dedup.stock_schedules import Firing, ambiguous_tasks, firing_of
+from taskiq_dedup.stock_schedules import StockNaming
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -273,7 +221,8 @@ class DedupMiddleware(TaskiqMiddleware):
             on_error=lambda exc: self._redis_error("renew the leases of", "held keys", exc),
         )
         self._stats = DedupStats()
-        self._warned_unnamed: set[str] = set()
+        self._naming = StockNaming(clock)
+        self._warned_unslotted = False
         self._checked = False
 
     @property
@@ -315,18 +264,8 @@ class DedupMiddleware(TaskiqMiddleware):
             return
         self._checked = True
         await check_server(self.redis, logger)
-        if self.broker.is_worker_process:
-            return
-        tasks = {name: dict(task.labels) for name, task in self.broker.get_all_tasks().items()}
-        for name in ambiguous_tasks(tasks):
-            self._warned_unnamed.add(name)
-            logger.warning(
-                "Task %s has decorator schedules with the same arguments, not all crons: "
-                "a stock scheduler's firing of them cannot be told apart, so it is "
-                "deduplicated only by the second it is sent in; give each a dedup_id "
-                "label or use CompositeScheduleSource",
-                name,
-            )
+        if not self.broker.is_worker_process:
+            self._naming.warn_ambiguous(self.broker)
 
     async def shutdown(self) -> None:
         """Stop the heartbeat loop; close the Redis client if this middleware made it."""
@@ -341,7 +280,7 @@ class DedupMiddleware(TaskiqMiddleware):
         labels = message.labels
         if SCHEDULE_ID_LABEL in labels:
             if parse_slot(labels.get(SLOT_LABEL)) is None:
-                self._name_firing(message)
+                self._naming.name(message, self.broker)
             return message
         if IDEMPOTENCY_KEY_LABEL not in labels:
             return message
@@ -396,27 +335,6 @@ class DedupMiddleware(TaskiqMiddleware):
             )
             message.task_id = owner
 
-    def _name_firing(self, message: TaskiqMessage) -> None:
-        """Give a stock scheduler's message its schedule's id and slot (or a second)."""
-        now = self.clock()
-        task = self.broker.find_task(message.task_name)
-        named = firing_of(message, dict(task.labels) if task is not None else {}, now)
-        if isinstance(named, Firing):
-            message.labels[SCHEDULE_ID_LABEL] = named.schedule_id
-            message.labels[SLOT_LABEL] = str(named.slot)
-            return
-        message.labels[SLOT_LABEL] = str(math.floor(now.timestamp()))
-        if message.task_name not in self._warned_unnamed:
-            self._warned_unnamed.add(message.task_name)
-            logger.warning(
-                "Schedule %s of task %s cannot be named without CompositeScheduleSource "
-                "(%s): its copies from several schedulers collapse only if sent within "
-                "the same second, and only if they share the schedule id",
-                message.labels[SCHEDULE_ID_LABEL],
-                message.task_name,
-                named,
-            )
-
     # -------------------------------------------------------------- executing
 
     def _key(self, message: TaskiqMessage) -> tuple[str, int, bool] | None:
@@ -427,8 +345,8 @@ class DedupMiddleware(TaskiqMiddleware):
             if slot is not None:
                 key = self.keys.firing(str(labels[SCHEDULE_ID_LABEL]), slot)
                 return key, self.done_ms, False
-            if "" not in self._warned_unnamed:
-                self._warned_unnamed.add("")
+            if not self._warned_unslotted:
+                self._warned_unslotted = True
                 logger.warning(
                     "Message of schedule %s has no %s label, so it is not "
                     "deduplicated: add DedupMiddleware to the scheduler's broker",

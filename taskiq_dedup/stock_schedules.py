@@ -17,6 +17,8 @@ source) keeps its id, which is shared by every scheduler reading that store.
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -25,7 +27,7 @@ from taskiq import ScheduledTask
 from taskiq.exceptions import TaskiqError
 
 from taskiq_dedup.identity import schedule_id_for
-from taskiq_dedup.labels import PINNED_ID_LABEL
+from taskiq_dedup.labels import PINNED_ID_LABEL, SCHEDULE_ID_LABEL, SLOT_LABEL
 from taskiq_dedup.triggers import (
     CRON_REFIRE_WINDOW,
     MAX_CLOCK_SKEW,
@@ -36,7 +38,12 @@ from taskiq_dedup.triggers import (
 )
 
 if TYPE_CHECKING:
+    from taskiq.abc.broker import AsyncBroker
     from taskiq.message import TaskiqMessage
+
+    from taskiq_dedup.clock import Clock
+
+logger = logging.getLogger(__name__)
 
 DUE_WINDOW = CRON_REFIRE_WINDOW + MAX_CLOCK_SKEW
 """How far after its cron time a firing can be sent: taskiq's loop fires a cron
@@ -144,3 +151,45 @@ def ambiguous_tasks(tasks: dict[str, dict[str, Any]]) -> list[str]:
         ):
             names.append(name)
     return names
+
+
+class StockNaming:
+    """Names stock schedulers' firings for one broker; warns once per task it cannot."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._warned: set[str] = set()
+
+    def warn_ambiguous(self, broker: AsyncBroker) -> None:
+        """Log one WARNING per task whose decorator schedules cannot be told apart."""
+        tasks = {name: dict(task.labels) for name, task in broker.get_all_tasks().items()}
+        for name in ambiguous_tasks(tasks):
+            self._warned.add(name)
+            logger.warning(
+                "Task %s has decorator schedules with the same arguments, not all crons: "
+                "a stock scheduler's firing of them cannot be told apart, so it is "
+                "deduplicated only by the second it is sent in; give each a dedup_id "
+                "label or use CompositeScheduleSource",
+                name,
+            )
+
+    def name(self, message: TaskiqMessage, broker: AsyncBroker) -> None:
+        """Give ``message`` its schedule's id and slot, or the current second as its slot."""
+        now = self.clock()
+        task = broker.find_task(message.task_name)
+        named = firing_of(message, dict(task.labels) if task is not None else {}, now)
+        if isinstance(named, Firing):
+            message.labels[SCHEDULE_ID_LABEL] = named.schedule_id
+            message.labels[SLOT_LABEL] = str(named.slot)
+            return
+        message.labels[SLOT_LABEL] = str(math.floor(now.timestamp()))
+        if message.task_name not in self._warned:
+            self._warned.add(message.task_name)
+            logger.warning(
+                "Schedule %s of task %s cannot be named without CompositeScheduleSource "
+                "(%s): its copies from several schedulers collapse only if sent within "
+                "the same second, and only if they share the schedule id",
+                message.labels[SCHEDULE_ID_LABEL],
+                message.task_name,
+                named,
+            )
