@@ -25,7 +25,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from taskiq_dedup.deadlines import REDIS_ERRORS, within
+from taskiq_dedup.deadlines import ATTEMPT_TIMEOUT, REDIS_ERRORS, within
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -132,7 +132,9 @@ class Holds:
         left = min(hold.renewed_at for hold in holds) + self._lease - started
         try:
             held = await within(
-                max(left, 0.0),
+                # at least one try, also for a lease that may have lapsed already
+                # (a blocked event loop): it is renewed if nobody took it over
+                max(left, ATTEMPT_TIMEOUT),
                 lambda: self._leases.extend_many(
                     [(hold.key, hold.token, hold.retention_ms) for hold in holds],
                     lease_ms=round(self._lease * 1000),

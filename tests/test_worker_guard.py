@@ -407,6 +407,24 @@ async def test_renewal_is_retried_within_the_lease_when_replies_are_lost(
         proxy.close()
 
 
+async def test_renewal_after_a_blocked_event_loop_still_tries(redis: Redis, prefix: str) -> None:
+    """A round that starts after the lease's end (the loop was blocked) still renews."""
+    middleware = DedupMiddleware(redis=redis, prefix=prefix, lease_ttl=60.0)
+    message = TaskiqMessage(task_id="t", task_name="report", labels=firing(), args=[], kwargs={})
+    assert await middleware.pre_execute(message) is message
+    hold = middleware._holds.get(message)
+    assert hold is not None
+    hold.renewed_at -= 3600  # as if the loop had been blocked for an hour
+    key = KeySpace(prefix).firing("nightly", 1_700_000_000)
+    await redis.hset(key, "lease_until", "0")  # and the lease had lapsed, untaken
+    await middleware._holds.renew()
+    assert int(await redis.hget(key, "lease_until")) > await redis_now_ms(redis)
+    assert middleware.stats == DedupStats(executed=1)
+    await middleware.post_execute(message, None)  # type: ignore[arg-type]
+    assert await redis.hget(key, "state") == b"done"
+    await middleware.shutdown()
+
+
 # ------------------------------------------------- bounded memory (defect 3)
 
 
