@@ -10,19 +10,27 @@ claim, heartbeat and finish, so it never lapses under a live holder.
 Fields: ``state``, ``owner`` (token of the running attempt), ``lease_until``
 (ms), ``task_id`` and ``gen`` (the holder message's task id and generation),
 ``worker`` (host:pid, for logs) and ``attempts`` (claims so far).
+
+An idempotency key is bound to one kick before it is sent, in two phases:
+``phase`` is ``pending`` (with ``pending_until``, ms) from ``bind`` until the
+broker accepted the message (``confirm``, or a worker claiming it), then
+``sent``. Only a sent kick answers later kicks as an echo; a pending binding
+that lapsed was a send that failed, and the next kick takes the key. The state
+tables are in docs/PROTOCOL-WORKER.md.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, cast
+from typing import Literal, cast
+
+from redis.asyncio import Redis
 
 from taskiq_dedup.pipelining import ScriptPipeline
 
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
-Verdict = Literal["claimed", "takeover", "superseded", "running", "done"]
+Verdict = Literal["claimed", "takeover", "superseded", "running", "done", "other"]
+BindVerdict = Literal["bound", "wait", "echo"]
 WON: frozenset[Verdict] = frozenset({"claimed", "takeover", "superseded"})
 
 CLAIM_SCRIPT = """
@@ -33,19 +41,25 @@ CLAIM_SCRIPT = """
 -- ARGV[4] = task id of the message
 -- ARGV[5] = generation of the message (retries + requeues)
 -- ARGV[6] = the claiming worker (host:pid), shown as holder in others' logs
+-- ARGV[7] = "1" for an idempotency key (bound to one kick's task id), else "0"
 -- returns {verdict, holder task id, holder worker}; verdict is "claimed" (was
 --   free, or already this attempt's), "takeover" (a running lease had
 --   expired), "superseded" (the running holder's own retry: same task id,
---   higher generation), "running" (a live lease) or "done"
+--   higher generation), "running" (a live lease), "done", or "other" (an
+--   idempotency key whose confirmed kick is another task: that task answers)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local h = redis.call('HMGET', KEYS[1], 'state', 'task_id', 'worker', 'lease_until', 'gen', 'owner')
+local h = redis.call('HMGET', KEYS[1], 'state', 'task_id', 'worker', 'lease_until', 'gen',
+  'owner', 'phase')
 local state, task_id, worker = h[1], h[2] or '', h[3] or ''
 local verdict = 'claimed'
 if state == 'running' and h[6] == ARGV[1] then
   return {'claimed', task_id, worker}  -- a retry of this attempt, whose reply was lost
 elseif state == 'done' then
   return {'done', task_id, worker}
+elseif ARGV[7] == '1' and task_id ~= '' and task_id ~= ARGV[4] and h[7] ~= 'pending' then
+  -- a pending binding may be a send that failed; this message exists, so it takes the key
+  return {'other', task_id, worker}
 elseif state == 'running' then
   if tonumber(h[4] or '0') <= now then
     verdict = 'takeover'
@@ -58,6 +72,10 @@ end
 redis.call('HSET', KEYS[1], 'state', 'running', 'owner', ARGV[1],
   'lease_until', string.format('%.0f', now + tonumber(ARGV[2])),
   'task_id', ARGV[4], 'gen', ARGV[5], 'worker', ARGV[6])
+if ARGV[7] == '1' then
+  redis.call('HSET', KEYS[1], 'phase', 'sent')
+  redis.call('HDEL', KEYS[1], 'pending_until')
+end
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {verdict, task_id, worker}
@@ -84,13 +102,14 @@ FINISH_SCRIPT = """
 -- KEYS[1] = the dedup key
 -- ARGV[1] = owner token
 -- ARGV[2] = retention of the key in milliseconds
--- returns 1 if the key is now done, 0 if this token no longer holds it
+-- returns 1 if the key is now done by this token (also on a retry whose first
+--   reply was lost: the owner is kept), 0 if this token no longer holds it
 local h = redis.call('HMGET', KEYS[1], 'owner', 'state')
-if h[1] ~= ARGV[1] or h[2] ~= 'running' then
+if h[1] ~= ARGV[1] or (h[2] ~= 'running' and h[2] ~= 'done') then
   return 0
 end
 redis.call('HSET', KEYS[1], 'state', 'done')
-redis.call('HDEL', KEYS[1], 'owner', 'lease_until')
+redis.call('HDEL', KEYS[1], 'lease_until')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
@@ -110,15 +129,55 @@ return 1
 
 BIND_SCRIPT = """
 -- KEYS[1] = an idempotency key (the hash a worker later claims)
--- ARGV[1] = task id of the message being sent
+-- ARGV[1] = task id of the message being sent (also this attempt's token)
 -- ARGV[2] = retention of the key in milliseconds
--- returns the task id owning the key: ARGV[1] if this send took it
-local owner = redis.call('HGET', KEYS[1], 'task_id')
-if owner then
-  return owner
+-- ARGV[3] = how long a binding stays pending without confirmation, ms
+-- ARGV[4] = "1" if a lost run may be run again by this kick (the broker
+--           cannot redeliver a dead worker's message), else "0"
+-- returns {verdict, task id}: "bound" (ARGV[1] now holds the key, pending
+--   until confirmed; also a retry of this call), "wait" (another kick is
+--   pending and may still be sent: ask again) or "echo" (that task answers)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local h = redis.call('HMGET', KEYS[1], 'task_id', 'phase', 'pending_until', 'state', 'lease_until')
+local bind = false
+if not h[1] then
+  bind = true
+elseif h[1] == ARGV[1] then
+  return {'bound', ARGV[1]}
+elseif h[2] == 'pending' then
+  if tonumber(h[3] or '0') > now then
+    return {'wait', h[1]}
+  end
+  bind = true  -- that kick never reached the queue in time: treat it as never sent
+elseif ARGV[4] == '1' and h[4] == 'running' and tonumber(h[5] or '0') <= now then
+  redis.call('HDEL', KEYS[1], 'state', 'owner', 'lease_until', 'worker')
+  bind = true  -- its worker died and nothing will deliver it again
 end
-redis.call('HSET', KEYS[1], 'task_id', ARGV[1])
+if not bind then
+  return {'echo', h[1]}
+end
+redis.call('HSET', KEYS[1], 'task_id', ARGV[1], 'phase', 'pending',
+  'pending_until', string.format('%.0f', now + tonumber(ARGV[3])))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {'bound', ARGV[1]}
+"""
+
+CONFIRM_SCRIPT = """
+-- KEYS[1] = an idempotency key
+-- ARGV[1] = task id of a kick the broker has accepted
+-- ARGV[2] = retention of the key in milliseconds
+-- returns the task id that answers the key: ARGV[1] if this kick's binding
+--   held (now "sent"), else the task that took it meanwhile
+local h = redis.call('HMGET', KEYS[1], 'task_id', 'phase')
+if h[1] and h[1] ~= ARGV[1] then
+  return h[1]
+end
+if h[2] ~= 'sent' then
+  redis.call('HSET', KEYS[1], 'task_id', ARGV[1], 'phase', 'sent')
+  redis.call('HDEL', KEYS[1], 'pending_until')
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 return ARGV[1]
 """
 
@@ -144,16 +203,26 @@ class Claim:
         return self.verdict in WON
 
 
+@dataclass(frozen=True)
+class Binding:
+    """Outcome of binding an idempotency key: what to do and which task answers."""
+
+    verdict: BindVerdict
+    task_id: str
+
+
 class Leases:
     """Runs the dedup-key scripts on one client (each registered once)."""
 
     def __init__(self, redis: Redis) -> None:
+        self._redis = redis
         self._pipeline = ScriptPipeline(redis)
         self._claim = redis.register_script(CLAIM_SCRIPT)
         self._heartbeat = redis.register_script(HEARTBEAT_SCRIPT)
         self._finish = redis.register_script(FINISH_SCRIPT)
         self._release = redis.register_script(RELEASE_SCRIPT)
         self._bind = redis.register_script(BIND_SCRIPT)
+        self._confirm = redis.register_script(CONFIRM_SCRIPT)
 
     async def claim(
         self,
@@ -165,12 +234,16 @@ class Leases:
         worker: str,
         lease_ms: int,
         retention_ms: int,
+        bound: bool = False,
     ) -> Claim:
-        """Try to take ``key`` for one execution attempt."""
+        """Try to take ``key`` for one execution attempt.
+
+        ``bound``: ``key`` is an idempotency key, answered by one kick's task id.
+        """
         reply = await self._pipeline.run(
             self._claim,
             [key],
-            [token, lease_ms, retention_ms, task_id, generation, worker],
+            [token, lease_ms, retention_ms, task_id, generation, worker, "1" if bound else "0"],
         )
         verdict, holder_task_id, holder_worker = (_text(part) for part in reply)
         return Claim(cast("Verdict", verdict), holder_task_id, holder_worker)
@@ -181,6 +254,30 @@ class Leases:
             await self._pipeline.run(self._heartbeat, [key], [token, lease_ms, retention_ms]),
         )
 
+    async def extend_many(self, leases: list[tuple[str, str, int]], *, lease_ms: int) -> list[bool]:
+        """Extend every ``(key, token, retention_ms)`` in one pipelined round.
+
+        Returns, in order, whether each token still held its key. A Redis error
+        of the round is raised (every call is safe to repeat).
+        """
+        if not leases:
+            return []
+        client: object = self._redis  # typed Redis, but a cluster client also works
+        if not isinstance(client, Redis):  # its pipelines run no scripts
+            return list(
+                await asyncio.gather(
+                    *(
+                        self.extend(key, token, lease_ms=lease_ms, retention_ms=retention_ms)
+                        for key, token, retention_ms in leases
+                    ),
+                ),
+            )
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key, token, retention_ms in leases:
+                await self._heartbeat(keys=[key], args=[token, lease_ms, retention_ms], client=pipe)
+            replies = await pipe.execute(raise_on_error=True)
+        return [bool(reply) for reply in replies]
+
     async def finish(self, key: str, token: str, *, retention_ms: int) -> bool:
         """Mark ``key`` done if ``token`` still holds it."""
         return bool(await self._pipeline.run(self._finish, [key], [token, retention_ms]))
@@ -189,9 +286,28 @@ class Leases:
         """Free ``key`` for another attempt if ``token`` still holds it."""
         return bool(await self._pipeline.run(self._release, [key], [token]))
 
-    async def bind(self, key: str, task_id: str, *, retention_ms: int) -> str:
-        """Give idempotency ``key`` to ``task_id`` unless a task owns it already.
+    async def bind(
+        self,
+        key: str,
+        task_id: str,
+        *,
+        retention_ms: int,
+        pending_ms: int,
+        rerun_lost: bool,
+    ) -> Binding:
+        """Bind idempotency ``key`` to ``task_id`` as pending, unless a task answers it.
 
-        Returns the owning task id (``task_id`` itself when this call bound it).
+        ``rerun_lost``: a run whose lease lapsed may be replaced by this kick
+        (for brokers that cannot redeliver a dead worker's message).
         """
-        return _text(await self._pipeline.run(self._bind, [key], [task_id, retention_ms]))
+        reply = await self._pipeline.run(
+            self._bind,
+            [key],
+            [task_id, retention_ms, pending_ms, "1" if rerun_lost else "0"],
+        )
+        verdict, owner = (_text(part) for part in reply)
+        return Binding(cast("BindVerdict", verdict), owner)
+
+    async def confirm(self, key: str, task_id: str, *, retention_ms: int) -> str:
+        """Mark ``task_id``'s binding sent; return the task that answers ``key``."""
+        return _text(await self._pipeline.run(self._confirm, [key], [task_id, retention_ms]))

@@ -1,95 +1,54 @@
 """``DedupMiddleware``: the worker-side guard that runs each firing once.
 
-Which messages. A message from a scheduler carries ``schedule_id`` and
-``dedup_slot`` (``CompositeScheduleSource`` sets both); its key is
-``keys.firing(schedule_id, slot)``. A message with ``schedule_id`` but no slot
-gets one in ``pre_send``: the current epoch second, floored. That dedups
-replicated *cron* schedulers, which all send at the first loop tick of the
-minute; interval schedules tick per process and need the composite source. A
-message kicked with an ``idempotency_key`` label is keyed by task name + value
-(a schedule's labels win over it). Anything else passes through without a
-Redis call.
+The taskiq hooks, wiring the parts that each hold one concept:
 
-Execution. ``pre_execute`` claims the key with one script (see ``leases``). The
-winner runs under a lease renewed every ``lease_ttl / 3`` and finishes the key
-as ``done`` on success; a failure releases it, so a retry can run. A message
-whose key is done, or running under a live lease, is not executed: it is
-rewritten into the skip task (see ``skip``), logged in one INFO line and
-counted. It is acknowledged - unless it carries the holder's own task id, when
-it may be the holder's own delivery handed out again by ``XAUTOCLAIM`` (a task
-running longer than the broker's ``idle_timeout``); acking that would ack the
-holder's message, so it is left pending and acked at a later delivery.
+- ``pre_send`` (in the sending process) names a stock scheduler's firing after
+  its decorator schedule (``stock_schedules``) and binds an idempotent kick as
+  pending, or turns a repeated one into an echo of the task that answers it
+  (``idempotency``); ``post_send`` confirms the binding once the broker has
+  accepted the message.
+- ``pre_execute`` claims the message's key with one script (``leases``): the
+  winner runs under a lease renewed by the process's one heartbeat loop
+  (``holding``); a duplicate is rewritten into the skip task (``skip``) and
+  settled within a bounded time. ``post_execute`` marks the key done;
+  ``on_error`` releases it, so a retry middleware placed *before* this one can
+  run it again (a retry with the holder's task id and a higher generation also
+  supersedes a holder that was not released).
+- Every Redis operation has a deadline on the whole operation, retries
+  included (``deadlines``). ``on_redis_error`` decides what a failure means:
+  ``"reject"`` (default, fail-closed: the message is not run and comes back
+  later; an idempotent kick raises ``DedupUnavailableError``) or ``"execute"``
+  (run unguarded). Each failure is one ERROR line and a ``redis_errors`` count.
+- ``startup`` checks the server once (``checks``).
 
-Receivers. Run workers with ``taskiq worker --receiver
-taskiq_dedup:DedupReceiver app:broker``. taskiq's stock receiver never runs a
-duplicate either, but logs taskiq's WARNING "skipped setting result" for each
-and calls ``on_error`` hooks with ``NoResultError`` (see ``skip``).
-
-Crash safety (``RedisStreamBroker``). A SIGKILLed worker leaves its message
-pending and its lease unrenewed. The broker redelivers the message once it has
-been idle for ``idle_timeout`` (default 600 s); the lease (default 60 s) has
-lapsed by then, so the redelivery takes the key over and runs to completion.
-Hence ``lease_ttl`` must stay well below ``idle_timeout``: this middleware
-refuses a stream broker whose ``idle_timeout`` is under twice the lease.
-Dropping a duplicate that meets a live lease is safe because the live holder's
-own message stays unacked until it finishes. (taskiq-redis 1.2 reclaims idle
-messages only after a read returned new ones, so redelivery waits for traffic.)
-A heartbeat needs the event loop: an ``async`` task that blocks it longer than
-two heartbeats can lose its lease (counted in ``stats.leases_lost``).
-
-Retries. A retry from ``SimpleRetryMiddleware`` / ``SmartRetryMiddleware`` is a
-new message with the same task id and labels and a higher ``_retries``. Put
-``DedupMiddleware`` *after* the retry middleware::
-
-    broker.with_middlewares(SimpleRetryMiddleware(), DedupMiddleware(...))
-
-``on_error`` hooks run in reverse order, so the key is released before the
-retry is kicked. In the other order the retry may be claimed while the failed
-holder still owns the key; the claim script lets a message with the holder's
-task id and a higher generation (``_retries`` + taskiq's requeue count)
-supersede it, so that order works too.
-
-Idempotent kicks. ``pre_send`` binds the key to the first kick's task id. A
-later kick with the same key is sent as an *echo* carrying the first task id
-(so ``kiq`` returns a handle on the first task's result) and no payload; a
-worker acknowledges an echo without running anything or writing a result.
-
-Redis errors, by ``on_redis_error``:
-
-- ``"reject"`` (default, fail-closed): the message is not executed and not
-  lost. An acking broker (``RedisStreamBroker``) keeps it pending and
-  redelivers it after ``idle_timeout``; a non-acking broker (``ListQueueBroker``)
-  has handed over its only copy, so it is pushed back onto the queue after
-  ``REQUEUE_DELAY`` (if the broker's Redis is down too, that fails and is
-  logged as a lost message). A kick with an idempotency key raises
-  ``DedupUnavailableError`` to the caller instead of being sent.
-- ``"execute"`` (fail-open): the message runs unguarded, and may run twice.
-
-The default is fail-closed because this package exists to prevent duplicate
-side effects: a firing delayed until Redis is back is the smaller harm. Either
-way each failure is one ERROR line and counts in ``stats.redis_errors``.
+A ``RedisStreamBroker`` whose ``idle_timeout`` is under twice ``lease_ttl`` is
+refused: a dead worker's redelivered message must find its lease lapsed.
+The protocols, state by state, are in docs/PROTOCOL-WORKER.md.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import math
 import os
 import socket
 import uuid
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from redis.exceptions import RedisError
+from taskiq import InMemoryBroker
 from taskiq.abc.middleware import TaskiqMiddleware
 from taskiq.exceptions import NoResultError
+from taskiq_redis import ListQueueBroker, PubSubBroker
 
 from taskiq_dedup import skip
+from taskiq_dedup.checks import check_server
 from taskiq_dedup.clock import Clock, utc_now
 from taskiq_dedup.connection import resolve_redis
+from taskiq_dedup.deadlines import ATTEMPT_TIMEOUT, OPERATION_DEADLINE, REDIS_ERRORS, within
 from taskiq_dedup.errors import ConfigurationError, DedupUnavailableError
+from taskiq_dedup.holding import Hold, Holds
+from taskiq_dedup.idempotency import PENDING_TTL, Binder
 from taskiq_dedup.keys import DEFAULT_PREFIX, KeySpace
 from taskiq_dedup.labels import (
     IDEMPOTENCY_KEY_LABEL,
@@ -99,6 +58,7 @@ from taskiq_dedup.labels import (
 )
 from taskiq_dedup.leases import Claim, Leases
 from taskiq_dedup.stats import Counter, DedupStats
+from taskiq_dedup.stock_schedules import StockNaming
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -109,16 +69,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 OnRedisError = Literal["execute", "reject"]
-REDIS_ERRORS = (RedisError, OSError)
 
 LEASE_TTL = 60.0
 """Seconds a claim holds a key without a heartbeat. Renewed every third of it
-(20 s), so a holder survives ~40 s of a stalled event loop; and ten times below
-``RedisStreamBroker``'s default ``idle_timeout`` (600 s), so a dead worker's
-lease has long lapsed when its message is redelivered."""
-
-HEARTBEATS_PER_LEASE = 3
-"""Renewals per lease: two may be missed before the lease lapses."""
+(20 s), so a holder survives ~40 s of a stalled event loop or failing renewals;
+and ten times below ``RedisStreamBroker``'s default ``idle_timeout`` (600 s), so
+a dead worker's lease has long lapsed when its message is redelivered."""
 
 DONE_TTL = 24 * 3600.0
 """Seconds a finished firing is remembered. A duplicate arrives as late as the
@@ -131,9 +87,12 @@ IDEMPOTENCY_TTL = 24 * 3600.0
 HTTP idempotency keys. Keep results in the result backend at least as long, or a
 replayed handle waits for a result that has expired."""
 
-REDIS_TIMEOUT = 5.0
-"""Socket timeouts of a client made from ``redis_url``: a hung Redis must fail
-the call (and apply ``on_redis_error``), not hang every task."""
+REDIS_TIMEOUT = ATTEMPT_TIMEOUT
+"""Socket timeouts of a client made from ``redis_url``: one try's bound, so a
+hung Redis fails a try (and the operation's deadline still bounds the rest)."""
+
+_NO_REDELIVERY: tuple[type[AsyncBroker], ...] = (ListQueueBroker, PubSubBroker, InMemoryBroker)
+"""Brokers that hand each message over once: a dead worker's message is gone."""
 
 
 def generation(message: TaskiqMessage) -> int:
@@ -152,17 +111,12 @@ def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-@dataclass
-class _Hold:
-    """A key this process holds for one running message."""
-
-    message: TaskiqMessage  # keeps id(message) unique while held
-    key: str
-    token: str
-    retention_ms: int
-    generation: int
-    heartbeat: asyncio.Task[None] | None = None
-    lost: bool = False
+def _positive(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ConfigurationError(
+            detail=f"{name} must be a positive number of seconds, got {value!r}",
+        )
+    return float(value)
 
 
 class DedupMiddleware(TaskiqMiddleware):
@@ -174,11 +128,17 @@ class DedupMiddleware(TaskiqMiddleware):
       ``connection_kwargs`` go to ``Redis.from_url``. A passed client stays
       the caller's to close.
     - ``prefix``: namespace of every key (see ``KeySpace``).
-    - ``lease_ttl``, ``done_ttl``, ``idempotency_ttl``: seconds, see
-      ``LEASE_TTL``, ``DONE_TTL`` and ``IDEMPOTENCY_TTL``.
+    - ``lease_ttl``, ``done_ttl``, ``idempotency_ttl``, ``pending_ttl``:
+      seconds, see ``LEASE_TTL``, ``DONE_TTL``, ``IDEMPOTENCY_TTL`` and
+      ``idempotency.PENDING_TTL``.
+    - ``redis_deadline``: seconds one Redis operation may take with its
+      retries (``deadlines.OPERATION_DEADLINE``).
+    - ``rerun_lost``: whether a later idempotent kick re-runs a key whose run
+      was lost (lease lapsed); default: for brokers that cannot redeliver
+      (``ListQueueBroker``, ``PubSubBroker``, ``InMemoryBroker``).
     - ``on_redis_error``: ``"reject"`` (fail-closed, default) or
       ``"execute"`` (fail-open); see the module docstring.
-    - ``clock``: "now" for the slot of a scheduled message without one.
+    - ``clock``: "now" for naming a stock scheduler's firing.
 
     ``stats`` is a ``DedupStats`` snapshot of the counters.
     """
@@ -192,6 +152,9 @@ class DedupMiddleware(TaskiqMiddleware):
         lease_ttl: float = LEASE_TTL,
         done_ttl: float = DONE_TTL,
         idempotency_ttl: float = IDEMPOTENCY_TTL,
+        pending_ttl: float = PENDING_TTL,
+        redis_deadline: float = OPERATION_DEADLINE,
+        rerun_lost: bool | None = None,
         on_redis_error: OnRedisError = "reject",
         clock: Clock = utc_now,
         **connection_kwargs: Any,  # noqa: ANN401 -- forwarded to redis-py
@@ -202,16 +165,26 @@ class DedupMiddleware(TaskiqMiddleware):
             ("lease_ttl", lease_ttl),
             ("done_ttl", done_ttl),
             ("idempotency_ttl", idempotency_ttl),
+            ("pending_ttl", pending_ttl),
+            ("redis_deadline", redis_deadline),
         ):
-            if not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                raise ConfigurationError(
-                    detail=f"{name} must be a positive number of seconds, got {value!r}",
-                )
+            _positive(name, value)
         for name, value in (("done_ttl", done_ttl), ("idempotency_ttl", idempotency_ttl)):
             if value <= lease_ttl:
                 raise ConfigurationError(
                     detail=f"{name} ({value}s) must be longer than lease_ttl ({lease_ttl}s)",
                 )
+        if pending_ttl >= idempotency_ttl:
+            raise ConfigurationError(
+                detail=(
+                    f"pending_ttl ({pending_ttl}s) must be shorter than "
+                    f"idempotency_ttl ({idempotency_ttl}s)"
+                ),
+            )
+        if rerun_lost is not None and not isinstance(rerun_lost, bool):
+            raise ConfigurationError(
+                detail=f"rerun_lost must be True, False or None, got {rerun_lost!r}",
+            )
         if on_redis_error not in get_args(OnRedisError):
             raise ConfigurationError(
                 detail=(
@@ -229,17 +202,38 @@ class DedupMiddleware(TaskiqMiddleware):
         self.lease_ms = round(lease_ttl * 1000)
         self.done_ms = round(done_ttl * 1000)
         self.idempotency_ms = round(idempotency_ttl * 1000)
+        self.deadline = float(redis_deadline)
         self.on_redis_error: OnRedisError = on_redis_error
         self.clock = clock
+        self._rerun_lost = rerun_lost
         self._leases = Leases(self.redis)
-        self._holds: dict[int, _Hold] = {}
+        self._binder = Binder(
+            self._leases,
+            retention_ms=self.idempotency_ms,
+            pending_ms=round(pending_ttl * 1000),
+            rerun_lost=bool(rerun_lost),
+            deadline=self.deadline,
+        )
+        self._holds = Holds(
+            self._leases,
+            lease_ms=self.lease_ms,
+            on_lost=self._lease_lost,
+            on_error=lambda exc: self._redis_error("renew the leases of", "held keys", exc),
+        )
         self._stats = DedupStats()
+        self._naming = StockNaming(clock)
         self._warned_unslotted = False
+        self._checked = False
 
     @property
     def stats(self) -> DedupStats:
         """The counters so far (an immutable snapshot)."""
         return self._stats
+
+    @property
+    def held(self) -> int:
+        """How many keys this process holds for running messages right now."""
+        return len(self._holds)
 
     def _count(self, counter: Counter) -> None:
         self._stats = self._stats.bump(counter)
@@ -257,35 +251,48 @@ class DedupMiddleware(TaskiqMiddleware):
             )
         skip.register(broker)
         super().set_broker(broker)
+        if self._rerun_lost is None:
+            self._binder.rerun_lost = isinstance(broker, _NO_REDELIVERY)
+
+    async def startup(self) -> None:
+        """Check the Redis server once (eviction policy, version); name unmatchable schedules.
+
+        Outside workers (a scheduler), one WARNING per task whose decorator
+        schedules a stock scheduler's firing cannot be matched to.
+        """
+        if self._checked:
+            return
+        self._checked = True
+        await check_server(self.redis, logger)
+        if not self.broker.is_worker_process:
+            self._naming.warn_ambiguous(self.broker)
 
     async def shutdown(self) -> None:
-        """Stop heartbeats; close the Redis client if this middleware made it."""
-        for hold in list(self._holds.values()):
-            if hold.heartbeat is not None:
-                hold.heartbeat.cancel()
+        """Stop the heartbeat loop; close the Redis client if this middleware made it."""
+        await self._holds.close()
         if self._owns_redis:
             await self.redis.aclose()
 
     # ---------------------------------------------------------------- sending
 
     async def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
-        """Give a scheduled message its slot; answer a repeated idempotent kick."""
+        """Name a stock scheduler's firing; bind an idempotent kick, or make it an echo."""
         labels = message.labels
         if SCHEDULE_ID_LABEL in labels:
             if parse_slot(labels.get(SLOT_LABEL)) is None:
-                labels[SLOT_LABEL] = str(math.floor(self.clock().timestamp()))
+                self._naming.name(message, self.broker)
             return message
         if IDEMPOTENCY_KEY_LABEL not in labels:
             return message
         key = self.keys.idempotency(message.task_name, str(labels[IDEMPOTENCY_KEY_LABEL]))
         try:
-            owner = await self._leases.bind(key, message.task_id, retention_ms=self.idempotency_ms)
+            owner = await self._binder.bind(key, message)
         except REDIS_ERRORS as exc:
             self._redis_error("bind", key, exc)
             if self.on_redis_error == "execute":
                 return message
             raise DedupUnavailableError(
-                detail=f"cannot bind idempotency key {key}: {exc}",
+                detail=f"cannot bind idempotency key {key}: {type(exc).__name__}: {exc}",
             ) from exc
         if owner == message.task_id:
             return message
@@ -298,15 +305,46 @@ class DedupMiddleware(TaskiqMiddleware):
         )
         return skip.skip(message.model_copy(update={"task_id": owner}), "echo")
 
+    async def post_send(self, message: TaskiqMessage) -> None:
+        """Confirm an idempotent kick's binding: the broker has accepted the message.
+
+        If another task took the key meanwhile, the handle ``kiq`` returns is
+        pointed at that task (taskiq builds it from this message's task id).
+        """
+        labels = message.labels
+        if (
+            skip.is_skip(message)
+            or SCHEDULE_ID_LABEL in labels
+            or IDEMPOTENCY_KEY_LABEL not in labels
+        ):
+            return
+        key = self.keys.idempotency(message.task_name, str(labels[IDEMPOTENCY_KEY_LABEL]))
+        try:
+            owner = await self._binder.confirm(key, message)
+        except REDIS_ERRORS as exc:
+            self._redis_error("confirm", key, exc)
+            return
+        if owner != message.task_id:
+            logger.info(
+                "Kick %s of %s with idempotency key %s is answered by task %s, "
+                "which took the key before this kick was confirmed",
+                message.task_id,
+                message.task_name,
+                key,
+                owner,
+            )
+            message.task_id = owner
+
     # -------------------------------------------------------------- executing
 
-    def _key(self, message: TaskiqMessage) -> tuple[str, int] | None:
-        """Return the dedup key of ``message`` and its retention, if it has one."""
+    def _key(self, message: TaskiqMessage) -> tuple[str, int, bool] | None:
+        """Return the dedup key of ``message``, its retention and whether it is bound."""
         labels = message.labels
         if SCHEDULE_ID_LABEL in labels:
             slot = parse_slot(labels.get(SLOT_LABEL))
             if slot is not None:
-                return self.keys.firing(str(labels[SCHEDULE_ID_LABEL]), slot), self.done_ms
+                key = self.keys.firing(str(labels[SCHEDULE_ID_LABEL]), slot)
+                return key, self.done_ms, False
             if not self._warned_unslotted:
                 self._warned_unslotted = True
                 logger.warning(
@@ -318,7 +356,7 @@ class DedupMiddleware(TaskiqMiddleware):
             return None
         if IDEMPOTENCY_KEY_LABEL in labels:
             value = str(labels[IDEMPOTENCY_KEY_LABEL])
-            return self.keys.idempotency(message.task_name, value), self.idempotency_ms
+            return self.keys.idempotency(message.task_name, value), self.idempotency_ms, True
         return None
 
     async def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
@@ -328,17 +366,21 @@ class DedupMiddleware(TaskiqMiddleware):
         keyed = self._key(message)
         if keyed is None:
             return message
-        key, retention_ms = keyed
+        key, retention_ms, bound = keyed
         token = uuid.uuid4().hex
         try:
-            claim = await self._leases.claim(
-                key,
-                token=token,
-                task_id=message.task_id,
-                generation=generation(message),
-                worker=_worker_name(),
-                lease_ms=self.lease_ms,
-                retention_ms=retention_ms,
+            claim = await within(
+                self.deadline,
+                lambda: self._leases.claim(
+                    key,
+                    token=token,
+                    task_id=message.task_id,
+                    generation=generation(message),
+                    worker=_worker_name(),
+                    lease_ms=self.lease_ms,
+                    retention_ms=retention_ms,
+                    bound=bound,
+                ),
             )
         except REDIS_ERRORS as exc:
             self._redis_error("claim", key, exc)
@@ -347,7 +389,7 @@ class DedupMiddleware(TaskiqMiddleware):
                 return message
             return skip.skip(message, "unavailable")
         if claim.won:
-            self._hold(message, key, token, retention_ms)
+            self._holds.add(message, Hold(key, token, retention_ms, generation(message)))
             self._count("executed")
             if claim.verdict == "takeover":
                 self._count("lease_takeovers")
@@ -362,51 +404,23 @@ class DedupMiddleware(TaskiqMiddleware):
 
     def _drop(self, message: TaskiqMessage, key: str, claim: Claim) -> TaskiqMessage:
         deferred = claim.verdict == "running" and claim.holder_task_id == message.task_id
-        self._count("dropped_running" if claim.verdict == "running" else "dropped_done")
+        counter: Counter = "dropped_done"
+        if claim.verdict == "running":
+            counter = "dropped_running"
+        elif claim.verdict == "other":
+            counter = "dropped_other_kick"
+        self._count(counter)
         logger.info(
             "Duplicate task %s (%s) not executed: %s is %s, held by task %s on %s%s",
             message.task_id,
             message.task_name,
             key,
-            claim.verdict,
+            "answered by another kick" if claim.verdict == "other" else claim.verdict,
             claim.holder_task_id,
             claim.holder_worker,
-            "; left unacknowledged for a later delivery" if deferred else "",
+            "; not acknowledged now: it comes back later" if deferred else "",
         )
         return skip.skip(message, "deferred" if deferred else "duplicate")
-
-    def _hold(self, message: TaskiqMessage, key: str, token: str, retention_ms: int) -> None:
-        hold = _Hold(message, key, token, retention_ms, generation(message))
-        hold.heartbeat = asyncio.create_task(self._heartbeat(hold))
-        self._holds[id(message)] = hold
-        # If this delivery's task ends without post_execute (a middleware
-        # raised, the task was cancelled), stop renewing: the lease lapses.
-        current = asyncio.current_task()
-        if current is not None:
-            current.add_done_callback(lambda _: self._unhold(message))
-
-    def _unhold(self, message: TaskiqMessage) -> _Hold | None:
-        hold = self._holds.pop(id(message), None)
-        if hold is not None and hold.heartbeat is not None:
-            hold.heartbeat.cancel()
-        return hold
-
-    async def _heartbeat(self, hold: _Hold) -> None:
-        while True:
-            await asyncio.sleep(self.lease_ms / 1000 / HEARTBEATS_PER_LEASE)
-            try:
-                extended = await self._leases.extend(
-                    hold.key,
-                    hold.token,
-                    lease_ms=self.lease_ms,
-                    retention_ms=hold.retention_ms,
-                )
-            except REDIS_ERRORS as exc:
-                self._redis_error("extend the lease on", hold.key, exc)
-                continue
-            if not extended:
-                self._lease_lost(hold)
-                return
 
     async def on_error(
         self,
@@ -415,26 +429,27 @@ class DedupMiddleware(TaskiqMiddleware):
         exception: BaseException,
     ) -> None:
         """Release the key of a failed run, so that a retry can claim it."""
-        hold = self._holds.get(id(message))
+        hold = self._holds.get(message)
         if hold is None:
             return
         requeued = generation(message) > hold.generation  # Context.requeue()
         if isinstance(exception, NoResultError) and not requeued:
             return  # the task chose not to store a result: it ran, finish it
-        self._unhold(message)
+        self._holds.pop(message)
         try:
-            await self._leases.release(hold.key, hold.token)
+            await within(self.deadline, lambda: self._leases.release(hold.key, hold.token))
         except REDIS_ERRORS as exc:
             self._redis_error("release", hold.key, exc)
 
     async def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
         """Mark the key of a finished run done."""
-        hold = self._unhold(message)
+        hold = self._holds.pop(message)
         if hold is None:
             return
         try:
-            finished = await self._leases.finish(
-                hold.key, hold.token, retention_ms=hold.retention_ms
+            finished = await within(
+                self.deadline,
+                lambda: self._leases.finish(hold.key, hold.token, retention_ms=hold.retention_ms),
             )
         except REDIS_ERRORS as exc:
             self._redis_error("finish", hold.key, exc)
@@ -444,7 +459,7 @@ class DedupMiddleware(TaskiqMiddleware):
 
     # ---------------------------------------------------------------- faults
 
-    def _lease_lost(self, hold: _Hold) -> None:
+    def _lease_lost(self, hold: Hold) -> None:
         hold.lost = True
         self._count("leases_lost")
         logger.warning(

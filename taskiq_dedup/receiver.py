@@ -53,8 +53,10 @@ class DedupReceiver(Receiver):
         """Run ``target``, or settle a skipped message without running anything."""
         if not is_skip(message):
             return await super().run_task(target, message, ack_controller)
-        ackable = ack_controller is not None and ack_controller.is_ackable
-        await settle(message, self.broker, ackable=ackable)
+        ack = None
+        if ack_controller is not None and ack_controller.is_ackable:
+            ack = ack_controller.ack
+        await settle(message, self.broker, ack)
         return TaskiqResult(
             is_err=False,
             return_value=None,

@@ -5,8 +5,17 @@ middleware rewrites a message it will not execute into a call of the skip task
 below, with the reason in a label and an ``ack_type`` label for the receiver:
 
 - ``duplicate`` / ``echo``: acknowledged at once (``when_received``);
-- ``deferred`` / ``unavailable``: left unacknowledged (``manual``), so an
-  acking broker delivers it again later.
+- ``deferred`` / ``unavailable``: the message must come back later, so it is
+  not acknowledged on receipt (``manual``); ``settle`` decides how it comes back.
+
+Every delivery is settled within a bounded time (``settle``): a
+``RedisStreamBroker`` entry is left pending and its broker hands it out again
+after ``idle_timeout`` (it holds no prefetch slot meanwhile). Any other broker
+gets the original message pushed back onto its queue after ``REQUEUE_DELAY``,
+and the delivery is then acknowledged if the broker acks (an AMQP broker's
+unacknowledged delivery would hold one of its prefetch slots until the
+channel closes). If the push fails, an ackable delivery stays unacknowledged
+(the broker still has it) and a non-ackable one is lost, logged at ERROR.
 
 With taskiq's stock receiver (0.13), the task function was looked up *before*
 ``pre_execute``, but the dependency graph is looked up by the rewritten name: the
@@ -32,8 +41,11 @@ from taskiq import Context, TaskiqDepends
 from taskiq.acks import AcknowledgeType
 from taskiq.exceptions import NoResultError
 from taskiq.receiver import Receiver
+from taskiq_redis import RedisStreamBroker
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from taskiq.abc.broker import AsyncBroker
     from taskiq.message import TaskiqMessage
 
@@ -51,9 +63,10 @@ Reason = Literal["duplicate", "deferred", "echo", "unavailable"]
 _LEFT_UNACKED: frozenset[str] = frozenset({"deferred", "unavailable"})
 
 REQUEUE_DELAY = 1.0
-"""Seconds before a fail-closed message from a non-acking broker is pushed
-back: a worker that keeps receiving it while Redis is down makes one attempt
-(and one ERROR line) per second, not a busy loop."""
+"""Seconds before a message that must come back (Redis unavailable, or a copy
+of a running holder's own task) is pushed back onto its queue: a worker that
+keeps receiving it makes one attempt per second, not a busy loop, and the
+delivery is settled a second after it arrived."""
 
 
 def is_skip(message: TaskiqMessage) -> bool:
@@ -88,14 +101,29 @@ def restore(message: TaskiqMessage) -> TaskiqMessage:
     return message.model_copy(update={"task_name": task_name, "labels": labels})
 
 
-async def settle(message: TaskiqMessage, broker: AsyncBroker, *, ackable: bool) -> None:
-    """Do what a skip needs beyond (not) acknowledging it.
+def redelivers_pending(broker: AsyncBroker) -> bool:
+    """Whether ``broker`` hands an unacknowledged delivery out again by itself.
 
-    A fail-closed message (``unavailable``) on an acking broker waits, unacked,
-    for redelivery. A broker without acknowledgement (``ListQueueBroker``) has
-    already handed over its only copy, so it is pushed back onto the queue.
+    ``RedisStreamBroker`` does (``XAUTOCLAIM`` after ``idle_timeout``), and an
+    unacknowledged entry there costs nothing while it waits. taskiq 0.13 has no
+    negative acknowledgement, so other ackable brokers (AMQP) only redeliver
+    when the channel closes.
     """
-    if message.labels.get(SKIP_LABEL) != "unavailable" or ackable:
+    return isinstance(broker, RedisStreamBroker)
+
+
+async def settle(
+    message: TaskiqMessage,
+    broker: AsyncBroker,
+    ack: Callable[[], Awaitable[None]] | None,
+) -> None:
+    """Settle a skip that was not acknowledged on receipt (see the module docstring).
+
+    ``ack`` acknowledges the delivery (``None`` on a broker without acks).
+    """
+    if message.labels.get(SKIP_LABEL) not in _LEFT_UNACKED:
+        return
+    if ack is not None and redelivers_pending(broker):
         return
     original = restore(message)
     await asyncio.sleep(REQUEUE_DELAY)
@@ -103,15 +131,19 @@ async def settle(message: TaskiqMessage, broker: AsyncBroker, *, ackable: bool) 
         await broker.kick(broker.formatter.dumps(original))
     except Exception:
         logger.exception(
-            "Could not requeue task %s (%s) after a Redis error: the message is lost",
+            "Could not requeue task %s (%s): %s",
             original.task_id,
             original.task_name,
+            "its delivery stays unacknowledged" if ack is not None else "the message is lost",
         )
+        return
+    if ack is not None:
+        await ack()
 
 
 async def _settle_then_stop(context: Annotated[Context, TaskiqDepends()]) -> None:
     """Dependency of the skip task: settle, then stop before any function runs."""
-    await settle(context.message, context.broker, ackable=context.is_ackable)
+    await settle(context.message, context.broker, context.ack if context.is_ackable else None)
     raise NoResultError
 
 

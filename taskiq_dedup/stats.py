@@ -10,6 +10,7 @@ Counter = Literal[
     "executed_unguarded",
     "dropped_running",
     "dropped_done",
+    "dropped_other_kick",
     "lease_takeovers",
     "leases_lost",
     "idempotent_replays",
@@ -26,6 +27,8 @@ class DedupStats:
     ``on_redis_error="execute"``.
     ``dropped_running`` / ``dropped_done``: duplicates not executed because the
     key was held under a live lease / already done.
+    ``dropped_other_kick``: an idempotent kick's message not executed because
+    another kick of the same key was confirmed first and answers it.
     ``lease_takeovers``: claims that found a ``running`` key whose lease had
     expired - its holder died or stalled past the lease; counted from the
     lease deadline kept in the key, not guessed from a missing key.
@@ -39,6 +42,7 @@ class DedupStats:
     executed_unguarded: int = 0
     dropped_running: int = 0
     dropped_done: int = 0
+    dropped_other_kick: int = 0
     lease_takeovers: int = 0
     leases_lost: int = 0
     idempotent_replays: int = 0

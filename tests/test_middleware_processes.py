@@ -193,3 +193,30 @@ async def test_failing_firing_is_retried_to_success_once(
     assert app.redis.hget(app.key(), "state") == b"done"
     await eventually(lambda: app.pending() == 0, timeout=10)
     assert "Exception found while executing function" in worker.output()  # the first attempt
+
+
+async def test_two_stock_schedulers_run_each_interval_firing_once(
+    app: App, processes: ProcessGroup
+) -> None:
+    """Stock ``taskiq scheduler`` x2, taskiq's LabelScheduleSource, no composite source.
+
+    Each process gives the decorator schedule its own random id; the middleware
+    on the scheduler's broker names each firing after the schedule instead, so
+    the two copies of every 2-second bucket share one key.
+    """
+    worker = app.worker()
+    for name in ("scheduler-a", "scheduler-b"):
+        processes.scheduler(f"{APP}:scheduler", name=name, env=app.env)
+
+    def ticks() -> list[str]:
+        return app.records("ticks")
+
+    wait_until(lambda: len(set(ticks())) >= 4, timeout=40, interval=0.2, message=processes.logs())
+    for process in processes.processes:
+        if process.name.startswith("scheduler"):
+            process.stop()
+    wait_until(lambda: app.pending() == 0, timeout=20, interval=0.2, message=processes.logs())
+    recorded = ticks()
+    assert len(recorded) == len(set(recorded)), recorded  # no slot ran twice
+    assert all(int(slot) % 2 == 0 for slot in recorded)  # epoch-aligned 2 s buckets
+    no_errors(worker)

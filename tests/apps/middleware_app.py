@@ -6,6 +6,10 @@ broker's redelivery timeout and ``LEASE`` the middleware's lease in seconds,
 both small so a crash test takes seconds. Executions are appended to the Redis
 list ``<prefix>:executions``; the start of ``slow`` to ``<prefix>:started``.
 
+``scheduler`` is a stock ``TaskiqScheduler`` with taskiq's own
+``LabelScheduleSource`` only (no composite source): ``tick`` is declared to
+run every ``TICK`` seconds and records ``<slot>`` in ``<prefix>:ticks`` per run.
+
 ``python -m tests.apps.middleware_app kick INDEX KEYS`` is one client process: it
 kicks ``echo`` for ``KEYS`` idempotency keys and stores what each handle's
 ``wait_result()`` returned in the hash ``<prefix>:answers:<INDEX>``.
@@ -16,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from typing import Annotated
 
 from redis.asyncio import Redis
-from taskiq import AsyncBroker, SimpleRetryMiddleware
+from taskiq import AsyncBroker, Context, SimpleRetryMiddleware, TaskiqDepends, TaskiqScheduler
 from taskiq.kicker import AsyncKicker
+from taskiq.schedule_sources import LabelScheduleSource
 from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
 
 from taskiq_dedup import DedupMiddleware
@@ -28,6 +34,7 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:1/0")
 PREFIX = os.environ.get("DEDUP_PREFIX", "middleware-app")
 IDLE_MS = int(os.environ.get("IDLE_MS", "3000"))
 LEASE = float(os.environ.get("LEASE", "1.0"))
+TICK = int(os.environ.get("TICK", "2"))
 
 
 def make_broker(redis_url: str, prefix: str) -> AsyncBroker:
@@ -86,6 +93,15 @@ async def echo(key: str, kicker: int) -> str:
     value = f"{key}:{kicker}"
     await recorder().rpush(f"{PREFIX}:executions", value)
     return value
+
+
+@broker.task(task_name="tick", schedule=[{"interval": TICK}])
+async def tick(context: Annotated[Context, TaskiqDepends()]) -> None:
+    """Record the slot of this run (stock schedulers give it through DedupMiddleware)."""
+    await recorder().rpush(f"{PREFIX}:ticks", str(context.message.labels.get("dedup_slot")))
+
+
+scheduler = TaskiqScheduler(broker, sources=[LabelScheduleSource(broker)])
 
 
 @broker.task(task_name="noop")
