@@ -25,6 +25,7 @@ from taskiq.kicker import AsyncKicker
 from taskiq.serializers import PickleSerializer
 from taskiq.utils import maybe_awaitable
 
+from taskiq_dedup.checks import check_server
 from taskiq_dedup.claims import (
     CLAIM_RETRY_WINDOW,
     PENDING_LEASE,
@@ -253,7 +254,11 @@ class CompositeScheduleSource(ScheduleSource):
         return dict(self._schedules)
 
     async def startup(self) -> None:
-        """Start every child, in order; stop the started ones if one fails."""
+        """Check the claims' Redis (one WARNING per finding), then start every child.
+
+        Children start in order; the started ones are stopped if one fails.
+        """
+        await check_server(self.redis, logger)
         started: list[ScheduleSource] = []
         try:
             for source in self.sources:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from taskiq import ScheduledTask
@@ -29,7 +29,6 @@ from taskiq.exceptions import TaskiqError
 from taskiq_dedup.identity import schedule_id_for
 from taskiq_dedup.labels import PINNED_ID_LABEL, SCHEDULE_ID_LABEL, SLOT_LABEL
 from taskiq_dedup.triggers import (
-    CRON_REFIRE_WINDOW,
     MAX_CLOCK_SKEW,
     CronTrigger,
     Trigger,
@@ -45,7 +44,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DUE_WINDOW = CRON_REFIRE_WINDOW + MAX_CLOCK_SKEW
+DUE_WINDOW = timedelta(minutes=1) + MAX_CLOCK_SKEW
 """How far after its cron time a firing can be sent: taskiq's loop fires a cron
 within its minute (and up to ``MAX_CLOCK_SKEW`` early or late on a skewed host)."""
 
@@ -94,7 +93,8 @@ def _entries(task_name: str, task_labels: dict[str, Any]) -> list[_Entry]:
 def _due(trigger: Trigger, now: datetime) -> bool:
     if not isinstance(trigger, CronTrigger):
         return True
-    return 0 <= epoch_seconds(now) - trigger.slot(now) <= DUE_WINDOW.total_seconds()
+    late = epoch_seconds(now) - int(trigger.slot(now))
+    return 0 <= late <= DUE_WINDOW.total_seconds()
 
 
 def firing_of(

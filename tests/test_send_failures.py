@@ -336,3 +336,19 @@ async def test_an_add_schedule_loser_writes_when_the_holder_failed(
     assert await acquire_lock(redis, f"{prefix}:lock", "me", 10_000)
     assert await acquire_lock(redis, f"{prefix}:lock", "me", 10_000)  # a retry finds its own
     assert not await acquire_lock(redis, f"{prefix}:lock", "other", 10_000)
+
+
+async def test_the_source_warns_of_an_evicting_redis_at_start_up(
+    redis_servers: list[RedisServer], prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = RedisServer(extra_args=["--maxmemory-policy", "volatile-lru"]).start()
+    redis_servers.append(server)
+    source = CompositeScheduleSource(
+        [LabelScheduleSource(InMemoryBroker())], redis_url=server.url, prefix=prefix
+    )
+    with caplog.at_level(logging.WARNING, logger="taskiq_dedup"):
+        await source.startup()
+    await source.shutdown()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "volatile-lru" in warnings[0]
