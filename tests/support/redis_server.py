@@ -107,6 +107,16 @@ class RedisServer:
         """Stop abruptly (SIGKILL): the data goes with it, as persistence is off."""
         self._signal(signal.SIGKILL)
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open, nothing answers."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server run again (SIGCONT)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def restart(self) -> RedisServer:
         """Kill and start again on the same port."""
         self.kill()
