@@ -227,14 +227,16 @@ async def test_one_offs_far_in_the_future_are_kept_and_not_due(
     assert audit.outside(prefix) == set()
 
 
-async def test_a_cron_that_never_fires_is_skipped_or_has_no_next_fire(
-    make_composite: Factory,
+async def test_a_cron_that_never_fires_is_skipped_naming_it(
+    make_composite: Factory, caplog: pytest.LogCaptureFixture
 ) -> None:
     never = schedule(cron="0 0 30 2 *")  # 30 February
-    source = await make_composite([StaticSource([never, healthy()])])
-    schedules = await source.refresh()
-    for merged in schedules.values():
-        merged.trigger.next_fire(datetime.now(tz=UTC))
+    with caplog.at_level(logging.WARNING, logger="taskiq_dedup"):
+        source = await make_composite([StaticSource([never, healthy()])])
+        schedules = await source.refresh()
+    assert [merged.task.args for merged in schedules.values()] == [["healthy"]]
+    assert source.stats.invalid_schedules == 1
+    assert "0 0 30 2 *" in caplog.text
 
 
 @pytest.mark.parametrize(
