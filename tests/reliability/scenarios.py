@@ -50,17 +50,13 @@ from taskiq.message import TaskiqMessage
 from taskiq_dedup.claims import CLAIM_RETRY_WINDOW
 from tests.reliability import app
 from tests.reliability.proxy import LatencyProxy
-from tests.support.processes import ManagedProcess, ProcessGroup, wait_until
+from tests.support.processes import FIRST_TICK, ManagedProcess, ProcessGroup, wait_until
 from tests.support.redis_server import RedisServer
 
 APP = "tests.reliability.app"
 SCHEDULER_ARGS = ("--skip-first-run", "--update-interval=5")
-READY_LINE = "Startup completed."
 READY_TIMEOUT = 90.0
 DRAIN_TIMEOUT = 120.0
-FIRST_TICK = 1.5
-"""Seconds from a scheduler's start-up line to its first loop tick (it sleeps to
-the next whole second after a fetch)."""
 STAGGER = 0.7
 """Seconds between the schedulers' starts."""
 STOP_MARGIN = 1.0
@@ -149,13 +145,9 @@ class Run:
     def settings_for(self, skew: float) -> app.Settings:
         return dataclasses.replace(self.settings, clock_skew=skew)
 
-    @staticmethod
-    def ready(process: ManagedProcess) -> bool:
-        return process.alive() and READY_LINE in process.output()
-
     def wait_schedulers_ready(self) -> None:
         wait_until(
-            lambda: all(self.ready(s) for s in self.schedulers),
+            lambda: all(s.scheduler_ready() for s in self.schedulers),
             timeout=READY_TIMEOUT,
             message=f"schedulers not ready\n{self.group.logs()}",
         )
