@@ -116,9 +116,12 @@ class Run:
 
     def spawn_scheduler(self, index: int) -> ManagedProcess:
         settings = self.settings_for(self.scenario.skews[index])
+        args = SCHEDULER_ARGS
+        if not self.scenario.skip_first_run:
+            args = tuple(arg for arg in args if arg != "--skip-first-run")
         process = self.group.scheduler(
             f"{APP}:scheduler",
-            *SCHEDULER_ARGS,
+            *args,
             name=self._name("scheduler", index),
             env=settings.env(),
         )
@@ -240,6 +243,9 @@ class Scenario:
     """The dedup server writes an AOF with ``appendfsync always``."""
     bad_input: bool = False
     """Add ``app``'s bad schedules and a store seeded with corrupt entries."""
+    skip_first_run: bool = True
+    """``False``: schedulers run without ``--skip-first-run``, so each fires every
+    cron at its first tick and then every 60 s from that second."""
     cover_cron: bool = False
     """Run at least until a cron firing was due (a short run may see none)."""
     expect: Callable[[Result], list[str]] = lambda _result: []
@@ -367,6 +373,8 @@ def run_scenario(
             )
             for index in range(scenario.workers):
                 run.spawn_worker(index)
+            if not scenario.skip_first_run:
+                _wait_for_second_of_minute(*STARTUP_SECONDS)
             for index in range(len(scenario.skews)):
                 # Staggered, as replicas are: their loops tick at different
                 # seconds, so an interval bucket is fired at different moments.
@@ -387,7 +395,13 @@ def run_scenario(
             wait_until(run.drained, timeout=DRAIN_TIMEOUT, interval=1.0, message="not drained")
             for worker in run.workers:
                 worker.kill()  # drained: nothing left to finish (SIGTERM takes 10 s)
-            result = tally(run, window=(started, stopped), cron_from=marked + 60)
+            startup_minute = None if scenario.skip_first_run else math.floor(started / 60) * 60
+            result = tally(
+                run,
+                window=(started, stopped),
+                cron_from=marked + 60,
+                startup_minute=startup_minute,
+            )
             result.schedule_ids.setdefault("dyn", set()).add(dynamic_id)
             result.logs = group.logs()
     finally:
@@ -415,16 +429,43 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def due_firings(window: tuple[float, float], cron_from: float) -> set[Firing]:
-    """Firings whose whole firing window lay inside ``window``."""
+STARTUP_SECONDS = (5.0, 35.0)
+"""Without ``--skip-first-run``, schedulers start at these seconds of a minute, so
+every first tick falls in one minute (and names it) whatever their start-up takes."""
+
+
+def _wait_for_second_of_minute(low: float, high: float) -> None:
+    while not low <= time.time() % 60 <= high:
+        time.sleep(0.2)
+
+
+def due_firings(
+    window: tuple[float, float], cron_from: float, startup_minute: float | None = None
+) -> set[Firing]:
+    """Firings whose whole firing window lay inside ``window``.
+
+    ``startup_minute``: schedulers run without ``--skip-first-run``. Each fired
+    every cron at its first tick, naming this minute; later it fires each minute
+    M at the second it started, up to 55 s after M (the 5 s look-ahead of
+    ``MAX_CLOCK_SKEW`` names the next minute after that).
+    """
     start, stop = window
     due: set[Firing] = set()
+    if startup_minute is not None:
+        for kind in app.CRONS:
+            slot = startup_minute
+            while slot == startup_minute or slot + 55 <= stop - STOP_MARGIN:
+                due.add(Firing(kind, int(slot)))
+                slot += 60
+        cron_from = math.inf
     for kind, period in (("interval", app.INTERVAL), ("dyn", app.DYNAMIC_INTERVAL)):
         slot = math.ceil(start / period) * period
         while slot + period <= stop - STOP_MARGIN:
             due.add(Firing(kind, slot))
             slot += period
     for kind in app.CRONS:  # "* * * * *": every minute's start
+        if cron_from == math.inf:
+            break
         slot = math.ceil(max(start, cron_from) / 60) * 60
         while slot + 1 <= stop - STOP_MARGIN:
             due.add(Firing(kind, slot))
@@ -442,7 +483,13 @@ def firing_window(firing: Firing) -> tuple[float, float]:
     return firing.slot, firing.slot + period
 
 
-def tally(run: Run, *, window: tuple[float, float], cron_from: float) -> Result:
+def tally(
+    run: Run,
+    *,
+    window: tuple[float, float],
+    cron_from: float,
+    startup_minute: float | None = None,
+) -> Result:
     result = Result(scenario=run.scenario, duration=0.0, faults=run.faults)
     records = run.records()
     done: Counter[Firing] = Counter()
@@ -453,7 +500,7 @@ def tally(run: Run, *, window: tuple[float, float], cron_from: float) -> Result:
         (done if record["phase"] == "done" else starts)[firing] += 1
         first_start.setdefault(firing, record["at"])
         result.schedule_ids.setdefault(record["kind"], set()).add(record["schedule_id"])
-    due = due_firings(window, cron_from)
+    due = due_firings(window, cron_from, startup_minute)
     result.due = len(due)
     result.due_cron = sum(1 for f in due if f.kind.startswith("cron"))
     result.executed = sum(1 for f in due if done[f])
@@ -691,6 +738,13 @@ SCENARIOS: dict[str, Scenario] = {
     scenario.name: scenario
     for scenario in (
         Scenario("baseline", "none (baseline)", no_fault),
+        Scenario(
+            "no-skip-first-run",
+            "none, schedulers without --skip-first-run",
+            no_fault,
+            skip_first_run=False,
+            expect=_expect_cron,
+        ),
         Scenario(
             "scheduler-kill",
             "schedulers SIGKILLed and restarted at random moments",

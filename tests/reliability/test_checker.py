@@ -209,3 +209,12 @@ def test_every_scenario_check_can_fail(name: str) -> None:
     lacking = check(clean_run(scenario=scenario))
     lacking.due_cron = 0
     assert scenario.expect(lacking), f"{name}: its expectation passed a run without its fault"
+
+
+def test_without_skip_first_run_the_start_up_firing_of_each_cron_is_due() -> None:
+    run = FakeRun(scenario=SCENARIOS["no-skip-first-run"])
+    due = due_firings(WINDOW, cron_from=T0, startup_minute=T0)
+    assert {Firing(kind, int(T0)) for kind in app.CRONS} <= due
+    run.runs.update(due - {Firing("cron", int(T0))})  # the start-up firing never ran
+    result = tally(run, window=WINDOW, cron_from=T0, startup_minute=T0)  # type: ignore[arg-type]
+    assert result.unexplained_missed == [Firing("cron", int(T0))]

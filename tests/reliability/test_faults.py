@@ -23,6 +23,7 @@ SEED = 20260310
 
 SHORT_RUNS = {
     "baseline": 8.0,
+    "no-skip-first-run": 6.0,  # the crons' start-up firings are the point
     "scheduler-kill": 20.0,
     "worker-kill": 20.0,
     "redis-restart": 15.0,
