@@ -96,4 +96,4 @@ def test_a_malformed_prefix_is_named_with_the_rule() -> None:
     with pytest.raises(ConfigurationError) as info:
         validate_prefix("a b")
     assert "'a b'" in str(info.value)
-    assert "in colon-separated words (no spaces, wildcards or empty words)" in str(info.value)
+    assert "{ } in colon-separated words (no spaces, wildcards or empty words)" in str(info.value)
