@@ -41,7 +41,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "modules",
         nargs="*",
-        default=DEFAULT_MODULES,
         choices=sorted(MODULE_TESTS),
         help=f"modules of taskiq_dedup (default: {' '.join(DEFAULT_MODULES)})",
     )
@@ -126,7 +125,7 @@ def mutate(module: str, jobs: int, keep: bool) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     scores: list[tuple[str, int, int]] = []
-    for module in args.modules:
+    for module in args.modules or DEFAULT_MODULES:
         print(f"== taskiq_dedup/{module}.py against {' '.join(MODULE_TESTS[module])}", flush=True)
         killed, total = mutate(module, args.jobs, args.keep)
         scores.append((module, killed, total))
