@@ -41,13 +41,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "modules",
         nargs="*",
-        choices=sorted(MODULE_TESTS),
-        help=f"modules of taskiq_dedup (default: {' '.join(DEFAULT_MODULES)})",
+        help=f"of {', '.join(sorted(MODULE_TESTS))} (default: {' '.join(DEFAULT_MODULES)})",
     )
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default 2)")
     parser.add_argument("--min-score", type=float, default=0.0, help="fail below this (0-100)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directories")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.modules) - MODULE_TESTS.keys())
+    if unknown:
+        parser.error(f"no test files listed for {unknown} in MODULE_TESTS (tests/mutation.py)")
+    return args
 
 
 def scratch_copy() -> Path:
