@@ -74,3 +74,16 @@ async def test_concurrent_claims_share_a_connection(own_redis: RedisServer) -> N
         assert info["connected_clients"] <= 3  # pipelined: not one connection per claim
     finally:
         await client.aclose()
+
+
+async def test_release_frees_the_key_for_another_task_only_by_its_holder(
+    redis: Redis, prefix: str
+) -> None:
+    leases = Leases(redis)
+    key = KeySpace(prefix).firing("s", 60)
+    await claim(leases, key, "t-1", "host-a:1")
+    assert not await leases.release(key, "token-of-someone-else")
+    assert await claim(leases, key, "t-2", "host-b:2") == Claim("running", "t-1", "host-a:1")
+    assert await leases.release(key, "token-t-1")
+    assert await redis.hget(key, "state") is None
+    assert await claim(leases, key, "t-2", "host-b:2") == Claim("claimed", "t-1", "")
