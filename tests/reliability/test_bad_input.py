@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 from pydantic import ValidationError
@@ -41,7 +39,6 @@ from taskiq_dedup.skip import SKIP_LABEL, is_skip
 from tests.reliability import app
 from tests.reliability.audit import KeyAudit
 from tests.reliability.scenarios import Scenario, no_fault, run_scenario, unpickled_sentinel
-from tests.support import redis_server
 from tests.support.processes import ProcessGroup, wait_until
 from tests.support.redis_server import RedisServer
 
@@ -523,19 +520,10 @@ class LockedRedisServer(RedisServer):
     """The harness's server with ``--requirepass``; its URL carries the password."""
 
     def __init__(self, password: str) -> None:
-        super().__init__(extra_args=["--requirepass", password])
-        self.password = password
+        super().__init__(password=password)
 
     def url_with(self, password: str) -> str:
         return f"redis://:{password}@127.0.0.1:{self.port}/0"
-
-    def start(self) -> LockedRedisServer:
-        # The harness waits for PING to answer; without the password it cannot.
-        with mock.patch.object(
-            redis_server, "SyncRedis", functools.partial(SyncRedis, password=self.password)
-        ):
-            super().start()
-        return self
 
 
 @pytest.fixture
