@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tests.support.redis_server import redis_server_binary
+from taskiq_dedup.testing import redis_server_binary
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

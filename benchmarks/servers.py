@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis import Redis as SyncRedis
 
-from tests.support.redis_server import RedisServer
+from taskiq_dedup.testing import RedisServer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

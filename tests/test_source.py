@@ -23,7 +23,7 @@ from taskiq_dedup import (
     schedule_id_for,
 )
 from taskiq_dedup.triggers import epoch_seconds
-from tests.support.clock import FakeClock
+from tests.support.clock import FakeClock, follow_in_taskiq_redis
 from tests.support.firing import fire
 from tests.support.redis_server import RedisServer
 
@@ -49,8 +49,11 @@ def broker() -> InMemoryBroker:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """The fake "now" of the composite source and of taskiq-redis's one-off lookup."""
+    clock = FakeClock()
+    follow_in_taskiq_redis(monkeypatch, clock)
+    return clock
 
 
 @pytest.fixture

@@ -13,13 +13,14 @@ import pytest
 from redis import Redis as SyncRedis
 
 from tests.apps.sched_app import one_off_time
-from tests.support.processes import ProcessGroup, wait_until
+from tests.support.processes import FIRST_TICK, ProcessGroup, wait_until
 
 pytestmark = pytest.mark.processes
 
 APP = "tests.apps.sched_app"
-WARM_UP = 6.0  # scheduler processes importing and fetching their schedules
-SETTLE = 4.0  # slots this close to the stop may not have been fired by any scheduler yet
+READY_TIMEOUT = 60.0
+STOP_MARGIN = 1.0
+"""A slot counts as due only if its bucket closed this long before the stop."""
 
 
 def executions(redis_url: str, prefix: str) -> list[dict[str, Any]]:
@@ -77,8 +78,14 @@ def test_three_schedulers_two_environments_every_slot_once(
         for name, env in envs.items()
         for i in range(3 if name == "prod" else 2)
     ]
-    # Run across a minute boundary that falls after the warm-up, plus a few slots.
-    boundary = math.ceil((started + WARM_UP) / 60) * 60
+    wait_until(
+        lambda: all(s.scheduler_ready() for s in schedulers),
+        timeout=READY_TIMEOUT,
+        message=f"schedulers not ready\n{processes.logs()}",
+    )
+    firing_from = time.time() + FIRST_TICK  # every scheduler ticks from here on
+    # Run across a minute boundary that falls after start-up, plus a few slots.
+    boundary = math.ceil(firing_from / 60) * 60
     stop_at = max(boundary + 8, started + 30)
     while time.time() < stop_at:
         assert all(s.alive() for s in schedulers), processes.logs()
@@ -91,7 +98,7 @@ def test_three_schedulers_two_environments_every_slot_once(
     for worker in workers:
         worker.stop()  # a graceful stop lets the worker finish the messages it took
 
-    window = (started + WARM_UP, stopped - SETTLE)
+    window = (firing_from, stopped - STOP_MARGIN)
     for name, env in envs.items():
         runs = executions(redis_url, env["DEDUP_PREFIX"])
         per_firing = Counter((r["schedule_id"], r["slot"]) for r in runs)

@@ -1,5 +1,7 @@
 """Slots: the same firing gets the same slot on every host, within the clock-skew bound."""
 
+import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import pycron
@@ -18,6 +20,10 @@ from taskiq_dedup.triggers import (
     CronTrigger,
     IntervalTrigger,
     OneOffTrigger,
+    _cron_slot,
+    _valid_cron,
+    as_utc,
+    describe,
     epoch_seconds,
     parse_trigger,
 )
@@ -187,3 +193,87 @@ def test_sunday_as_7_and_named_ranges_fire_in_taskiqs_loop(cron: str, sunday_fir
     sunday = datetime(2026, 1, 4, 9, 0)
     assert not pycron.is_now("0 9 * * 7", sunday)  # pycron alone never matches 7
     assert pycron.is_now(parse_trigger(task(cron=cron)).expression, sunday) == sunday_fires  # type: ignore[union-attr]
+
+
+@pytest.fixture(autouse=True)
+def _cold_caches() -> None:
+    """Slots and cron checks are cached per process: start each test without them,
+    so a test exercises the code and not an answer an earlier test left behind."""
+    _cron_slot.cache_clear()
+    _valid_cron.cache_clear()
+
+
+def test_canonical_forms_name_the_zone_or_offset() -> None:
+    assert parse_trigger(task(cron="*/5  *  * * MON")).canonical() == "cron:0-55/5 * * * 1@UTC"
+    for utc in ("UTC", "Etc/UTC", timedelta(0)):
+        plain = parse_trigger(task(cron="* * * * *", cron_offset=utc))
+        assert plain.canonical() == "cron:* * * * *@UTC"
+    berlin = parse_trigger(task(cron="* * * * *", cron_offset="Europe/Berlin"))
+    assert berlin.canonical() == "cron:* * * * *@tz=Europe/Berlin"
+    shifted = parse_trigger(task(cron="* * * * *", cron_offset=timedelta(hours=-2)))
+    assert shifted.canonical() == "cron:* * * * *@offset=-7200"
+    assert parse_trigger(task(interval=timedelta(minutes=1))) == IntervalTrigger(60)
+
+
+def test_next_fire_of_each_trigger() -> None:
+    interval = parse_trigger(task(interval=7))
+    now = NOON + timedelta(seconds=1)
+    start = epoch_seconds(now) // 7 * 7 + 7
+    assert interval.next_fire(now) == datetime.fromtimestamp(start, tz=UTC)
+    assert interval.next_fire(now).tzinfo is UTC
+    one_off = OneOffTrigger(NOON)
+    assert one_off.next_fire(NOON - timedelta(microseconds=1)) == NOON
+    assert one_off.next_fire(NOON) is None
+    assert one_off.next_fire(NOON + timedelta(hours=1)) is None
+    shifted = parse_trigger(task(cron="0 14 * * *", cron_offset=timedelta(hours=2)))
+    assert shifted.next_fire(NOON) == NOON + timedelta(days=1)  # 14:00 at +02:00, tomorrow
+
+
+def test_as_utc_reads_naive_as_utc_and_converts_aware() -> None:
+    naive = as_utc(datetime(2026, 3, 10, 12, 0))  # naive on purpose
+    assert naive == NOON
+    assert naive.tzinfo is UTC
+    plus_two = datetime(2026, 3, 10, 14, 0, tzinfo=timezone(timedelta(hours=2)))
+    assert as_utc(plus_two) == NOON
+    assert as_utc(plus_two).tzinfo is UTC
+
+
+def test_describe_names_id_task_and_trigger() -> None:
+    assert describe(task(interval=5, schedule_id="s1")) == "schedule s1 of task 't' (5)"
+    assert describe(task(cron="0 * * * *", schedule_id="s2")) == (
+        "schedule s2 of task 't' ('0 * * * *')"
+    )
+
+
+def test_messages_say_what_a_trigger_needs() -> None:
+    none = ScheduledTask.model_construct(
+        task_name="t", labels={}, args=[], kwargs={}, cron=None, interval=None, time=None
+    )
+    with pytest.raises(InvalidScheduleError, match="has none"):
+        parse_trigger(none)
+    with pytest.raises(InvalidScheduleError) as info:
+        parse_trigger(task(cron="61 * * * *"))
+    rule = "'61 * * * *' (five fields: minute hour day month weekday, matching some date)"
+    assert rule in str(info.value)
+
+
+def test_the_shortest_interval_is_one_second() -> None:
+    assert parse_trigger(task(interval=1)) == IntervalTrigger(1)
+
+
+@pytest.fixture
+def host_in_kathmandu(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The host's local time at UTC+05:45: only UTC may enter a slot."""
+    monkeypatch.setenv("TZ", "Asia/Kathmandu")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("host_in_kathmandu")
+def test_slots_do_not_depend_on_the_hosts_timezone() -> None:
+    assert parse_trigger(task(cron="0 * * * *")).slot(NOON + timedelta(minutes=5)) == (
+        epoch_seconds(NOON)
+    )
+    assert parse_trigger(task(interval=60)).slot(NOON) == epoch_seconds(NOON)

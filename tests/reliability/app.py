@@ -12,6 +12,10 @@ Every execution of ``tick`` appends two JSON records (``start``, then ``done``
 after ``TASK_SECONDS``) with its ``schedule_id`` and ``dedup_slot`` labels to
 the list ``<prefix>:executions`` on the stable server.
 
+``DEDUP_GUARD=off`` runs without the guard, to show that the fault runs' checks
+catch duplicates: each scheduler claims in a key space of its own (so every
+scheduler wins every claim and sends) and the workers have no ``DedupMiddleware``.
+
 ``DEDUP_CLOCK_SKEW`` (seconds) makes this process's clock run ahead (or behind):
 both the composite source's ``clock=`` and the clock taskiq's scheduler loop
 reads, as on a host whose clock is off.
@@ -93,6 +97,8 @@ class Settings:
     task_seconds: float = 0.0
     bad_input: bool = False
     """Add the bad schedules of ``BAD_LABEL_SCHEDULES`` and the child ``bad_store``."""
+    guard: bool = True
+    """``False``: no shared claims and no worker-side guard (see the module docstring)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -104,6 +110,7 @@ class Settings:
             clock_skew=float(env.get("DEDUP_CLOCK_SKEW", "0")),
             task_seconds=float(env.get("TASK_SECONDS", "0")),
             bad_input=env.get("BAD_INPUT") == "1",
+            guard=env.get("DEDUP_GUARD", "on") != "off",
         )
 
     def env(self) -> dict[str, str]:
@@ -115,7 +122,12 @@ class Settings:
             "DEDUP_CLOCK_SKEW": str(self.clock_skew),
             "TASK_SECONDS": str(self.task_seconds),
             "BAD_INPUT": "1" if self.bad_input else "0",
+            "DEDUP_GUARD": "on" if self.guard else "off",
         }
+
+    def claim_prefix(self) -> str:
+        """Where the schedulers claim: one key space, or one per process unguarded."""
+        return self.prefix if self.guard else f"{self.prefix}:solo-{os.getpid()}"
 
 
 def skewed_clock(skew: float) -> Clock:
@@ -185,9 +197,10 @@ broker = RedisStreamBroker(
     idle_timeout=IDLE_TIMEOUT_MS,
     xread_block=1000,
 )
-broker.add_middlewares(
-    DedupMiddleware(redis_url=settings.dedup_url, prefix=settings.prefix, lease_ttl=LEASE_TTL),
-)
+if settings.guard:
+    broker.add_middlewares(
+        DedupMiddleware(redis_url=settings.dedup_url, prefix=settings.prefix, lease_ttl=LEASE_TTL),
+    )
 label_source = LabelScheduleSource(broker)
 store_source = ListRedisScheduleSource(
     settings.stable_url, prefix=store_prefix(settings.prefix), serializer=JSONSerializer()
@@ -204,7 +217,7 @@ if settings.bad_input:
 composite = CompositeScheduleSource(
     children,
     redis_url=settings.dedup_url,
-    prefix=settings.prefix,
+    prefix=settings.claim_prefix(),
     clock=skewed_clock(settings.clock_skew),
 )
 scheduler = TaskiqScheduler(broker, sources=[composite])

@@ -128,10 +128,13 @@ in a Redis schedule store ({dynamic} s), and `* * * * *` in UTC and in Asia/Kath
 once a minute). *Executed*: due firings that ran to completion at least once. *Duplicates*:
 completed executions beyond the first of a firing (any firing, due or not). *Missed*: due
 firings that never completed; *explained*: missed firings whose moment lay inside a Redis outage
-(or the {retry:.0f} s after it while claims still back off), or that were claimed by a scheduler
-SIGKILLed before it sent them. In the notes, *duplicates dropped by workers* are second sends
-`DedupMiddleware` refused to run, and *deliveries deferred by a worker's Redis error* are
-messages a worker left pending because its claim failed (redelivered later; see Known issues).
+that outlasted the claim retries (or the {retry:.0f} s after it, while schedulers still wait on
+retrying claims) - an instant restart explains none - or that were claimed by a scheduler
+SIGKILLed in their window, before it sent them. A duplicate is explained only by a restart
+without persistence inside its window, at most one per schedule per restart. In the notes,
+*duplicates dropped by workers* are second sends `DedupMiddleware` refused to run, and
+*deliveries deferred by a worker's Redis error* are messages a worker left pending because its
+claim failed (redelivered later; see Known issues).
 
 ## Set-up
 

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 from pydantic import ValidationError
@@ -41,7 +39,6 @@ from taskiq_dedup.skip import SKIP_LABEL, is_skip
 from tests.reliability import app
 from tests.reliability.audit import KeyAudit
 from tests.reliability.scenarios import Scenario, no_fault, run_scenario, unpickled_sentinel
-from tests.support import redis_server
 from tests.support.processes import ProcessGroup, wait_until
 from tests.support.redis_server import RedisServer
 
@@ -228,14 +225,16 @@ async def test_one_offs_far_in_the_future_are_kept_and_not_due(
     assert audit.outside(prefix) == set()
 
 
-async def test_a_cron_that_never_fires_is_skipped_or_has_no_next_fire(
-    make_composite: Factory,
+async def test_a_cron_that_never_fires_is_skipped_naming_it(
+    make_composite: Factory, caplog: pytest.LogCaptureFixture
 ) -> None:
     never = schedule(cron="0 0 30 2 *")  # 30 February
-    source = await make_composite([StaticSource([never, healthy()])])
-    schedules = await source.refresh()
-    for merged in schedules.values():
-        merged.trigger.next_fire(datetime.now(tz=UTC))
+    with caplog.at_level(logging.WARNING, logger="taskiq_dedup"):
+        source = await make_composite([StaticSource([never, healthy()])])
+        schedules = await source.refresh()
+    assert [merged.task.args for merged in schedules.values()] == [["healthy"]]
+    assert source.stats.invalid_schedules == 1
+    assert "0 0 30 2 *" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -522,19 +521,10 @@ class LockedRedisServer(RedisServer):
     """The harness's server with ``--requirepass``; its URL carries the password."""
 
     def __init__(self, password: str) -> None:
-        super().__init__(extra_args=["--requirepass", password])
-        self.password = password
+        super().__init__(password=password)
 
     def url_with(self, password: str) -> str:
         return f"redis://:{password}@127.0.0.1:{self.port}/0"
-
-    def start(self) -> LockedRedisServer:
-        # The harness waits for PING to answer; without the password it cannot.
-        with mock.patch.object(
-            redis_server, "SyncRedis", functools.partial(SyncRedis, password=self.password)
-        ):
-            super().start()
-        return self
 
 
 @pytest.fixture

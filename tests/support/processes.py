@@ -24,6 +24,13 @@ if TYPE_CHECKING:
 STOP_TIMEOUT = 10.0
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
+SCHEDULER_READY_LINE = "Startup completed."
+"""What ``taskiq scheduler`` logs once its sources have started."""
+
+FIRST_TICK = 1.5
+"""Seconds from a scheduler's ready line to its first loop tick (it fetches the
+schedules, then sleeps to the next whole second)."""
+
 
 class ManagedProcess:
     """One spawned process with its combined output in a log file."""
@@ -74,6 +81,10 @@ class ManagedProcess:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def scheduler_ready(self) -> bool:
+        """Alive and past start-up (for a ``taskiq scheduler`` process)."""
+        return self.alive() and SCHEDULER_READY_LINE in self.output()
 
 
 class ProcessGroup:

