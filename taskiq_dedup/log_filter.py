@@ -4,13 +4,13 @@ taskiq's scheduler logs "Sending task … with schedule_id …" *before* a sourc
 ``pre_send`` and "Scheduled task … has been cancelled." *after* it raises
 ``ScheduledTaskCancelledError``. For a scheduler that lost a claim that is three
 lines (taskiq's, ours, taskiq's), the first one false. ``install()`` puts a filter
-on those two taskiq loggers that holds each "Sending task" line of a send taskiq
-runs as its own asyncio task, and
+on those two taskiq loggers that holds the "Sending task" line of each send of a
+composite source's schedule (taskiq runs each send as its own asyncio task), and
 
 - releases it, unchanged and with its original time, when the send finishes
   (the firing was sent, or failed with taskiq's own error lines);
-- drops it, and the "has been cancelled" line, when the send was cancelled for a
-  schedule of a ``CompositeScheduleSource``, which has logged why in one INFO line.
+- drops it, and the "has been cancelled" line, when the send was cancelled: the
+  ``CompositeScheduleSource`` has logged why in one INFO line.
 
 Cancellations by other sources keep both taskiq lines. ``CompositeScheduleSource``
 installs the filter at start-up; ``uninstall()`` removes it.
@@ -73,7 +73,7 @@ class ClaimLogFilter(logging.Filter):
         if record.msg == CANCELLED_MESSAGE:
             task = _current_task()
             held = self._held.get(task) if task is not None else None
-            if held is not None and self._composite_schedule(held.schedule_id):
+            if held is not None:
                 held.cancelled = True
                 return False
         return True
@@ -84,7 +84,10 @@ class ClaimLogFilter(logging.Filter):
             return False
         if getattr(task.get_coro(), "__name__", None) not in SEND_COROUTINES:
             return False
-        self._held[task] = _Held(record, str(record.args[1]))
+        schedule_id = str(record.args[1])
+        if not self._composite_schedule(schedule_id):
+            return False
+        self._held[task] = _Held(record, schedule_id)
         task.add_done_callback(self._release)
         return True
 
