@@ -72,13 +72,21 @@ CELLS = (
 
 
 def find_python(version: str) -> str | None:
-    """Return an interpreter of ``version`` (e.g. ``3.10``): PATH first, then pyenv's."""
-    found = shutil.which(f"python{version}")
-    if found:
-        return found
+    """Return an interpreter of ``version`` (e.g. ``3.10``): pyenv's first, then PATH.
+
+    A candidate must run: pyenv's shims are on PATH for versions that are not selected.
+    """
     pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
-    candidates = sorted((pyenv_root / "versions").glob(f"{version}.*/bin/python{version}"))
-    return str(candidates[-1]) if candidates else None
+    candidates = [
+        str(path)
+        for path in sorted((pyenv_root / "versions").glob(f"{version}.*/bin/python{version}"))
+    ]
+    on_path = shutil.which(f"python{version}")
+    for candidate in [*reversed(candidates), *([on_path] if on_path else [])]:
+        probe = subprocess.run([candidate, "--version"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return candidate
+    return None
 
 
 def run(argv: list[str], **kwargs: object) -> None:
