@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 from redis import Redis as SyncRedis
 from taskiq import ScheduledTask
-from taskiq_redis import ListRedisScheduleSource
+from taskiq_redis import ListQueueBroker, ListRedisScheduleSource
 
 from taskiq_dedup import CompositeScheduleSource
+from taskiq_dedup.broker_checks import blocking_pop_timeout
 from tests.support.processes import PROJECT_ROOT, ProcessGroup, wait_until
 from tests.support.redis_server import RedisServer
 
@@ -29,6 +30,10 @@ README = PROJECT_ROOT / "README.md"
 IDLE_SECONDS = 7.0
 """How long the worker sits idle before a firing arrives: longer than redis-py 8's
 default 5 s socket timeout, which kills a ``ListQueueBroker`` worker's BRPOP."""
+WORKER_DIED = "is dead. Scheduling reload"
+"""taskiq's process manager, restarting a worker process that raised."""
+BRPOP_TIMED_OUT = "Timeout reading from"
+"""redis-py's TimeoutError message when a socket timeout ends a read."""
 FIRING_TIMEOUT = 60.0
 """Scheduler start-up, its first fetch, the send and the run, on a loaded machine."""
 
@@ -97,8 +102,30 @@ def test_quick_start_runs_as_written(
     finally:
         redis.close()
     assert worker.alive()
-    assert "TimeoutError" not in worker.output(), worker.output()
+    assert WORKER_DIED not in worker.output(), worker.output()
+    assert BRPOP_TIMED_OUT not in worker.output(), worker.output()
     assert "socket timeout" not in worker.output()  # the start-up check stayed quiet
+
+
+@pytest.mark.processes
+def test_without_the_timeout_fix_an_idle_worker_fails(
+    tmp_path: Path, own_redis: RedisServer, processes: ProcessGroup
+) -> None:
+    """The control for the quick start: the README's fix is what keeps the worker alive."""
+    default = blocking_pop_timeout(ListQueueBroker(own_redis.url))
+    if default is None:
+        pytest.skip("this redis-py gives connections no socket timeout by default")
+    quick_start = block("# tkq.py\n")
+    assert quick_start.count(", socket_timeout=None)") == 1
+    (tmp_path / "tkq.py").write_text(quick_start.replace(", socket_timeout=None", ""))
+    processes.env.update({"REDIS_URL": own_redis.url, "PYTHONPATH": str(tmp_path)})
+    worker = processes.taskiq("worker", *command("worker"), "--workers", "1")
+    wait_until(
+        lambda: BRPOP_TIMED_OUT in worker.output() and WORKER_DIED in worker.output(),
+        timeout=default + 30,
+        message=worker.output(),
+    )
+    assert "Create the broker with socket_timeout=None" in worker.output()  # the warning
 
 
 async def test_pickle_to_json_migration_snippet(own_redis: RedisServer) -> None:
