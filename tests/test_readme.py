@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from redis import Redis as SyncRedis
 from taskiq import ScheduledTask
+from taskiq.serializers import JSONSerializer
 from taskiq_redis import ListQueueBroker, ListRedisScheduleSource
 
 from taskiq_dedup import CompositeScheduleSource
@@ -128,11 +129,26 @@ def test_without_the_timeout_fix_an_idle_worker_fails(
     assert "Create the broker with socket_timeout=None" in worker.output()  # the warning
 
 
-async def test_pickle_to_json_migration_snippet(own_redis: RedisServer) -> None:
+async def test_pickle_to_json_migration_snippet(
+    own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
     old = ListRedisScheduleSource(own_redis.url, prefix="schedules-prod")  # pickle
     await old.add_schedule(
         ScheduledTask(task_name="tkq:report", labels={}, args=[], kwargs={}, cron="0 * * * *")
     )
+    # The problem the snippet solves: a JSON source on the pickled keys fetches nothing.
+    as_json = ListRedisScheduleSource(
+        own_redis.url, prefix="schedules-prod", serializer=JSONSerializer()
+    )
+    broken = CompositeScheduleSource([as_json], redis_url=own_redis.url, prefix="taskiq-dedup:prod")
+    await broken.startup()
+    try:
+        assert await broken.get_schedules() == []
+        assert broken.stats.child_fetch_errors == 1
+        assert any("keeping its 0 schedules" in r.getMessage() for r in caplog.records)
+    finally:
+        await broken.shutdown()
+
     namespace: dict[str, object] = {"REDIS_URL": own_redis.url}
     exec(block("# tkq.py, while old pickled"), namespace)  # noqa: S102 -- the README's code
     redis_source = namespace["redis_source"]
