@@ -97,10 +97,10 @@ def find_python(version: str) -> str | None:
     return None
 
 
-def run(argv: list[str], **kwargs: object) -> None:
+def run(argv: list[str], env: dict[str, str] | None = None) -> None:
     """Echo and run a command in the project root; raise if it fails."""
     print("+", " ".join(argv), flush=True)
-    subprocess.run(argv, check=True, cwd=ROOT, **kwargs)  # type: ignore[call-overload]
+    subprocess.run(argv, check=True, cwd=ROOT, env=env)
 
 
 def prepare(cell: Cell, python: str, home: Path) -> Path:
