@@ -77,6 +77,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             # shipped) and runs taskiq's loop; registrations below are picked up
             # within its 10 s update interval.
             await stack.enter_async_context(embedded_scheduler(tkq.scheduler))
+            if tkq.composite not in tkq.scheduler.sources:  # as shipped: only the API uses it
+                stack.push_async_callback(tkq.composite.redis.aclose)
         else:
             await tkq.composite.startup()  # starts the label and the Redis source
             stack.push_async_callback(tkq.composite.shutdown)
