@@ -13,6 +13,9 @@ from taskiq_dedup.middleware import DedupMiddleware
 from taskiq_dedup.receiver import DedupReceiver
 from taskiq_dedup.source import CompositeScheduleSource, SourceStats
 
+__version__ = "0.1.0"
+"""The one place the version is set (the build reads it from here)."""
+
 __all__ = [
     "CompositeScheduleSource",
     "ConfigurationError",
@@ -25,5 +28,6 @@ __all__ = [
     "ScheduleInCodeError",
     "SourceStats",
     "TaskiqDedupError",
+    "__version__",
     "schedule_id_for",
 ]

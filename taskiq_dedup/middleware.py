@@ -36,12 +36,10 @@ import socket
 import uuid
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from taskiq import InMemoryBroker
 from taskiq.abc.middleware import TaskiqMiddleware
 from taskiq.exceptions import NoResultError
-from taskiq_redis import ListQueueBroker, PubSubBroker
 
-from taskiq_dedup import skip
+from taskiq_dedup import broker_checks, skip
 from taskiq_dedup.checks import check_server
 from taskiq_dedup.clock import Clock, utc_now
 from taskiq_dedup.connection import resolve_redis
@@ -91,7 +89,6 @@ REDIS_TIMEOUT = ATTEMPT_TIMEOUT
 """Socket timeouts of a client made from ``redis_url``: one try's bound, so a
 hung Redis fails a try (and the operation's deadline still bounds the rest)."""
 
-_NO_REDELIVERY: tuple[type[AsyncBroker], ...] = (ListQueueBroker, PubSubBroker, InMemoryBroker)
 """Brokers that hand each message over once: a dead worker's message is gone."""
 
 
@@ -252,19 +249,24 @@ class DedupMiddleware(TaskiqMiddleware):
         skip.register(broker)
         super().set_broker(broker)
         if self._rerun_lost is None:
-            self._binder.rerun_lost = isinstance(broker, _NO_REDELIVERY)
+            self._binder.rerun_lost = broker_checks.is_kind(
+                broker, broker_checks.NO_REDELIVERY_BROKERS
+            )
 
     async def startup(self) -> None:
-        """Check the Redis server once (eviction policy, version); name unmatchable schedules.
+        """Check the Redis server and the broker once; name unmatchable schedules.
 
-        Outside workers (a scheduler), one WARNING per task whose decorator
-        schedules a stock scheduler's firing cannot be matched to.
+        One WARNING per finding: an evicting or too old Redis; in a worker, a
+        broker whose idle workers will die; outside workers (a scheduler), a task
+        whose decorator schedules a stock scheduler's firing cannot be matched to.
         """
         if self._checked:
             return
         self._checked = True
         await check_server(self.redis, logger)
-        if not self.broker.is_worker_process:
+        if self.broker.is_worker_process:
+            broker_checks.warn_if_idle_workers_die(self.broker)
+        else:
             self._naming.warn_ambiguous(self.broker)
 
     async def shutdown(self) -> None:

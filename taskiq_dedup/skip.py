@@ -41,7 +41,8 @@ from taskiq import Context, TaskiqDepends
 from taskiq.acks import AcknowledgeType
 from taskiq.exceptions import NoResultError
 from taskiq.receiver import Receiver
-from taskiq_redis import RedisStreamBroker
+
+from taskiq_dedup.broker_checks import STREAM_BROKERS, is_kind
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -109,7 +110,7 @@ def redelivers_pending(broker: AsyncBroker) -> bool:
     negative acknowledgement, so other ackable brokers (AMQP) only redeliver
     when the channel closes.
     """
-    return isinstance(broker, RedisStreamBroker)
+    return is_kind(broker, STREAM_BROKERS)
 
 
 async def settle(

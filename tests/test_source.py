@@ -26,6 +26,7 @@ from taskiq_dedup.triggers import epoch_seconds
 from tests.support.clock import FakeClock, follow_in_taskiq_redis
 from tests.support.firing import fire
 from tests.support.redis_server import RedisServer
+from tests.support.versions import needs_interval_store
 
 Factory = Callable[..., CompositeScheduleSource]
 
@@ -223,6 +224,7 @@ async def test_stale_one_offs_are_skipped_with_a_warning(
     assert len(warnings) == 1  # once while the problem persists, not at every fetch
 
 
+@needs_interval_store
 async def test_add_schedule_is_idempotent_across_concurrent_startups(
     make_source: Factory, broker: InMemoryBroker, redis: Redis, prefix: str
 ) -> None:
@@ -322,6 +324,7 @@ async def test_bad_schedules_are_skipped_and_the_rest_fire(
     assert source.stats.invalid_schedules == 2
 
 
+@needs_interval_store
 async def test_failing_child_keeps_its_last_good_schedules(
     make_source: Factory, broker: InMemoryBroker, own_redis: RedisServer, redis_url: str
 ) -> None:

@@ -609,7 +609,8 @@ async def test_dedup_id_label_tells_stock_firings_apart(redis: Redis, prefix: st
             ._prepare_message(1)
         )
         named = await middleware.pre_send(message)
-        assert named.labels[SCHEDULE_ID_LABEL] == schedule.labels["dedup_id"]
+        # A pin is scoped to its task (docs/DESIGN.md, "Identity").
+        assert named.labels[SCHEDULE_ID_LABEL] == f"{schedule.labels['dedup_id']}@report"
         assert named.labels[SLOT_LABEL] == str(int(clock.now.timestamp()) // 60 * 60)
 
 

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 from redis.asyncio import Redis
 
 from examples.fastapi_app import tkq
-from examples.fastapi_app.embedded import embedded_scheduler
 from examples.fastapi_app.settings import Settings, configure_logging
 from examples.fastapi_app.tasks import EVERY_MINUTE, digest
+from taskiq_dedup.embedded import embedded_scheduler
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -72,11 +72,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not tkq.broker.is_worker_process:
             await tkq.broker.startup()
             stack.push_async_callback(tkq.broker.shutdown)
-        await tkq.composite.startup()  # starts the label and the Redis source
-        stack.push_async_callback(tkq.composite.shutdown)
-        await register_schedules()
         if tkq.settings.embedded_scheduler:
+            # Starts the scheduler's sources (the composite, or its children as
+            # shipped) and runs taskiq's loop; registrations below are picked up
+            # within its 10 s update interval.
             await stack.enter_async_context(embedded_scheduler(tkq.scheduler))
+            if tkq.composite not in tkq.scheduler.sources:  # as shipped: only the API uses it
+                stack.push_async_callback(tkq.composite.redis.aclose)
+        else:
+            await tkq.composite.startup()  # starts the label and the Redis source
+            stack.push_async_callback(tkq.composite.shutdown)
+        await register_schedules()
         app.state.example = AppState(
             settings=tkq.settings,
             keys=tkq.keys,

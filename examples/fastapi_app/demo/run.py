@@ -62,7 +62,8 @@ SCHEDULER_UPDATE_INTERVAL = 10
 """``taskiq scheduler --update-interval``: schedules added at start-up are
 picked up within this long. Schedulers also get ``--skip-first-run`` (as the
 web workers' loops do), so cron firings happen at the minute, not at the second
-of the minute each scheduler happened to start (see ``embedded.SKIP_FIRST_RUN``)."""
+of the minute each scheduler happened to start (``embedded_scheduler``'s
+``skip_first_run``)."""
 
 APP = "examples.fastapi_app.app:app"
 BROKER = "examples.fastapi_app.tkq:broker"

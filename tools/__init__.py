@@ -1,0 +1,1 @@
+"""Project commands too long for the ``dev`` script."""
