@@ -16,7 +16,7 @@ An idempotency key is bound to one kick before it is sent, in two phases:
 broker accepted the message (``confirm``, or a worker claiming it), then
 ``sent``. Only a sent kick answers later kicks as an echo; a pending binding
 that lapsed was a send that failed, and the next kick takes the key. The state
-tables are in docs/PROTOCOL-WORKER.md.
+tables are in docs/DESIGN.md ("The worker-side protocols").
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ The taskiq hooks, wiring the parts that each hold one concept:
 
 A ``RedisStreamBroker`` whose ``idle_timeout`` is under twice ``lease_ttl`` is
 refused: a dead worker's redelivered message must find its lease lapsed.
-The protocols, state by state, are in docs/PROTOCOL-WORKER.md.
+The protocols, state by state, are in docs/DESIGN.md ("The worker-side protocols").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The worker guard's protocols on a real redis-server: binds, claims, leases, settling.
 
-Each test is named in a row of docs/PROTOCOL-WORKER.md; the ``regression`` ones
+Each test is named in a row of docs/DESIGN.md ("The worker-side protocols"); the ``regression`` ones
 failed on the code before the two-phase binding, deadlines, one heartbeat loop,
 stock-scheduler naming, bounded settling and start-up checks.
 """
