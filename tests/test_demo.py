@@ -94,8 +94,8 @@ def test_as_shipped_runs_are_matched_by_task_and_time() -> None:
 
 def test_log_lines_are_counted_per_firing() -> None:
     logs = [
-        "x Firing env:demo:claim:cron-id:1800000000 was claimed by h:1; not sending it again\n"
-        "x Firing env:demo:claim:cron-id:1800000000 was claimed by h:1; not sending it again\n",
+        "x Firing 1800000000 of schedule cron-id was sent by h:1#a; not sending it again\n"
+        "x Firing 1800000000 of schedule cron-id was sent by h:1#a; not sending it again\n",
         "y Duplicate task t-1 (example:report) not executed: env:demo:run:cron-id:1800000000 "
         "is done, held by task t-0 on h:2\n",
     ]
@@ -123,6 +123,7 @@ async def test_counts_the_lines_the_package_really_logs(
         (scheduled,) = await source.get_schedules()
         sent = scheduled.model_copy()
         await source.pre_send(sent)
+        await source.post_send(sent)  # the broker took it: confirmed
         with pytest.raises(ScheduledTaskCancelledError):
             await source.pre_send(scheduled.model_copy())
         firing: dict[str, str | int] = {"schedule_id": "sid", "dedup_slot": MINUTE}

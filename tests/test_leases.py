@@ -45,8 +45,9 @@ async def test_replies_read_the_same_with_decoded_responses(redis_url: str, pref
     try:
         leases = Leases(client)
         key = KeySpace(prefix).idempotency("charge", "order-1")
-        assert await leases.bind(key, "t-1", retention_ms=DAY_MS) == "t-1"
-        assert await leases.bind(key, "t-2", retention_ms=DAY_MS) == "t-1"
+        options = {"retention_ms": DAY_MS, "pending_ms": 15_000, "rerun_lost": False}
+        assert (await leases.bind(key, "t-1", **options)).task_id == "t-1"  # type: ignore[arg-type]
+        assert (await leases.bind(key, "t-2", **options)).task_id == "t-1"  # type: ignore[arg-type]
         await claim(leases, key, "t-1", "host-a:1")
         assert await claim(leases, key, "t-2", "host-b:2") == Claim("running", "t-1", "host-a:1")
     finally:

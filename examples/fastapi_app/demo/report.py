@@ -30,13 +30,12 @@ if TYPE_CHECKING:
 Firing = tuple[str, int]
 """(schedule id, slot in epoch seconds)."""
 
-CANCELLED_LINE = re.compile(r"Firing (?P<key>\S+) was claimed by ")
-"""taskiq_dedup.source logs it (INFO) for each firing a scheduler did not send;
-the key is ``<prefix>:claim:<schedule id>:<slot>``."""
+CANCELLED_LINE = re.compile(r"Firing (?P<slot>\d+) of schedule (?P<schedule>\S+) was sent by ")
+"""taskiq_dedup.firing logs it (INFO) for each firing a scheduler did not send."""
 DROPPED_LINE = re.compile(r"Duplicate task \S+ \(.*?\) not executed: (?P<key>\S+) is ")
 """taskiq_dedup.middleware logs it (INFO) for each delivery a worker did not run;
 the key is ``<prefix>:run:<schedule id>:<slot>``."""
-CLAIM_ERROR_LINE = re.compile(r"Cannot claim (?P<key>\S+) ")
+CLAIM_ERROR_LINE = re.compile(r"Cannot claim a firing of schedule (?P<schedule>\S+) ")
 """taskiq_dedup.source logs it (ERROR) when Redis failed a claim: a fault."""
 
 
@@ -50,11 +49,19 @@ def firing_of_key(key: str, kind: str) -> Firing | None:
 
 
 def count_lines(texts: Iterable[str], pattern: re.Pattern[str], kind: str) -> Counter[Firing]:
-    """Count the firings named by ``pattern``'s lines across log ``texts``."""
+    """Count the firings named by ``pattern``'s lines across log ``texts``.
+
+    A line names its firing by a ``key`` of ``kind`` or by ``schedule`` and ``slot``.
+    """
     found: Counter[Firing] = Counter()
     for text in texts:
         for match in pattern.finditer(text):
-            firing = firing_of_key(match["key"], kind)
+            named = match.groupdict()
+            firing = (
+                (named["schedule"], int(named["slot"]))
+                if "slot" in named
+                else firing_of_key(match["key"], kind)
+            )
             if firing is not None:
                 found[firing] += 1
     return found
