@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic_core import PydanticSerializationError
 
 try:
-    from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
+    from apscheduler.events import (
+        EVENT_JOB_ERROR,
+        EVENT_JOB_EXECUTED,
+        EVENT_JOB_MAX_INSTANCES,
+        EVENT_JOB_MISSED,
+        JobExecutionEvent,
+        JobSubmissionEvent,
+    )
     from apscheduler.executors.asyncio import AsyncIOExecutor
     from apscheduler.executors.base import BaseExecutor, MaxInstancesReachedError
     from apscheduler.triggers.cron import CronTrigger
@@ -46,7 +53,9 @@ from taskiq_dedup.deadlines import REDIS_ERRORS
 from taskiq_dedup.errors import ConfigurationError
 from taskiq_dedup.firing import Attempt, FiringCoordinator
 from taskiq_dedup.identity import content_digest, pinned_id
+from taskiq_dedup.instances import INSTANCE_LEASE, Instance, InstanceLeases
 from taskiq_dedup.keys import DEFAULT_PREFIX, KeySpace
+from taskiq_dedup.leases import Leases
 from taskiq_dedup.triggers import CLAIM_GRACE, LATE_WINDOW, MAX_CANDIDATES
 
 if TYPE_CHECKING:
@@ -234,7 +243,10 @@ class ExecutorStats:
     submit_failures: int = 0
     """Won run times the inner executor refused; released for another scheduler."""
     max_instances_skipped: int = 0
-    """Won run times skipped because this process still ran the job's earlier runs."""
+    """Won run times skipped because a run of the job still runs (here, or in another
+    worker for ``max_instances=1``)."""
+    instance_takeovers: int = 0
+    """Job leases taken over from a worker whose run's lease lapsed (it crashed)."""
     missed: int = 0
     """Slots nobody ran between the last run and this one, each logged at ERROR."""
     waits_given_up: int = 0
@@ -279,6 +291,8 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
     :param claim_retry_window: seconds a claim or confirm is retried through Redis errors.
     :param pending_lease: seconds a won run may take to reach the inner executor
         before another scheduler may take it over.
+    :param instance_lease: seconds a running job's lease (``max_instances=1``)
+        lives without a heartbeat: how soon a crashed worker's job runs elsewhere.
     :param clock: returns "now"; replace it in tests.
     :param connection_kwargs: passed to ``Redis.from_url``.
     """
@@ -293,6 +307,7 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
         holder: str | None = None,
         claim_retry_window: float = CLAIM_RETRY_WINDOW,
         pending_lease: float = PENDING_LEASE,
+        instance_lease: float = INSTANCE_LEASE,
         clock: Clock = utc_now,
         **connection_kwargs: Any,  # noqa: ANN401 -- forwarded to redis-py
     ) -> None:
@@ -315,6 +330,10 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
             raise ConfigurationError(
                 detail=f"pending_lease must be positive, got {pending_lease!r}",
             )
+        if not instance_lease > 0:
+            raise ConfigurationError(
+                detail=f"instance_lease must be positive, got {instance_lease!r}",
+            )
         self.inner: BaseExecutor = inner if inner is not None else AsyncIOExecutor()
         self.keys = KeySpace(prefix)
         self.redis_url = redis_url
@@ -324,6 +343,10 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
         self._retry_window = claim_retry_window
         self._pending_lease = pending_lease
         self._connection_kwargs = connection_kwargs
+        self._instance_lease = instance_lease
+        self._running: dict[tuple[str, float], Instance] = {}
+        """Job leases held for runs here, by (job id, run time): released when they end."""
+        self._running_lock = threading.Lock()
         self._stats = ExecutorStats()
         self.firings = FiringCoordinator(
             self._new_claims(), self.keys, one_off_grace=DATE_STATE_KEEP
@@ -334,6 +357,12 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
     def _new_claims(self) -> FiringClaims:
         """Make a client (closed at shutdown) and the claim scripts on it."""
         self._redis, _ = resolve_redis(self.redis_url, None, self._connection_kwargs)
+        self._instances = InstanceLeases(
+            Leases(self._redis),
+            self._holder,
+            lease=self._instance_lease,
+            deadline=max(self._retry_window, 0.5),
+        )
         return FiringClaims(
             self._redis,
             self._holder,
@@ -361,6 +390,9 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
         """Start the inner executor and the loop doing the Redis work; check the server."""
         super().start(scheduler, alias)
         self.inner.start(scheduler, alias)
+        scheduler.add_listener(
+            self._run_ended, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED
+        )
         if self._thread is None:
             self._thread = _LoopThread()
             self._thread.run(self._check())
@@ -373,6 +405,8 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
     def shutdown(self, wait: bool = True) -> None:
         """Drop decisions in flight (releasing claims), close Redis, stop the inner executor."""
         thread, self._thread = self._thread, None
+        if self._scheduler is not None:
+            self._scheduler.remove_listener(self._run_ended)
         if thread is not None:
             for decision in list(self._decisions):
                 decision.cancel()
@@ -385,9 +419,12 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
         self.inner.shutdown(wait)
 
     async def _close(self) -> None:
+        with self._running_lock:
+            self._running.clear()
+        await self._instances.close()  # releases every job lease, stops the heartbeat
         current = asyncio.current_task()
         others = [task for task in asyncio.all_tasks() if task is not current]
-        await asyncio.gather(*others, return_exceptions=True)
+        await asyncio.gather(*others, return_exceptions=True)  # the cancelled decisions
         await self._redis.aclose()
 
     def submit_job(self, job: Job, run_times: list[datetime]) -> None:
@@ -411,14 +448,22 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
     async def _decide(
         self, job: Job, trigger: JobTrigger, schedule_id: str, run_times: list[datetime]
     ) -> None:
+        # one job-lease token for the run times of one submission: APScheduler runs them
+        # as one instance, so a later one may take the lease its predecessor holds
+        lease_token = self.firings.claims.new_attempt()
         try:
             for run_time in run_times:
-                await self._decide_one(job, trigger, schedule_id, run_time)
+                await self._decide_one(job, trigger, schedule_id, run_time, lease_token)
         except Exception:
             logger.exception("Deciding job %r (%s) failed", job.id, schedule_id)
 
     async def _decide_one(
-        self, job: Job, trigger: JobTrigger, schedule_id: str, run_time: datetime
+        self,
+        job: Job,
+        trigger: JobTrigger,
+        schedule_id: str,
+        run_time: datetime,
+        lease_token: str,
     ) -> None:
         try:
             attempt = await self.firings.acquire(schedule_id, trigger.at(run_time), self.clock())
@@ -444,17 +489,77 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
             return
         if attempt is None:
             return
+        submitted = threading.Event()
+        go, instance = await self._take_job_lease(
+            job, schedule_id, attempt, run_time, lease_token, submitted
+        )
+        if not go:
+            return
         try:
             await asyncio.wrap_future(self._hand_over(job, [run_time]))
         except MaxInstancesReachedError:
             self._report_max_instances(job, run_time)
-        except asyncio.CancelledError:
+        except BaseException as exc:
+            if instance is not None:
+                self._forget(job.id, run_time)
+                await self._instances.end(instance)
             await self._release(attempt)
-            raise
-        except Exception:
+            if not isinstance(exc, Exception):
+                raise  # cancelled at shutdown
             logger.exception("Submitting job %r failed; releasing its run", job.id)
-            await self._release(attempt)
             return
+        submitted.set()
+        await self._confirm(attempt, job, schedule_id, run_time)
+
+    async def _take_job_lease(  # noqa: PLR0917 -- private, called once
+        self,
+        job: Job,
+        schedule_id: str,
+        attempt: Attempt,
+        run_time: datetime,
+        token: str,
+        submitted: threading.Event,
+    ) -> tuple[bool, Instance | None]:
+        """For ``max_instances=1``: hold the job's lease across workers, or skip the run.
+
+        Returns whether to run, and the lease held (released when the run ends).
+        """
+        if job.max_instances != 1:
+            return True, None
+        try:
+            instance = await self._instances.take(
+                self.keys.job_lease(schedule_id),
+                token,
+                str(attempt.slot),
+                lambda: submitted.is_set() and not self.inner._instances.get(job.id),
+            )
+        except REDIS_ERRORS as exc:
+            self._stats.redis_errors += 1
+            running = self.on_redis_error == "run"
+            logger.error(  # noqa: TRY400 -- one line per failure, by design
+                "Run %s of job %r (%s): taking its job lease failed (%s: %s); %s",
+                run_time.isoformat(),
+                job.id,
+                schedule_id,
+                type(exc).__name__,
+                exc,
+                "running it without a lease" if running else "skipped",
+            )
+            if not running:
+                await self._release(attempt)
+            return running, None
+        if instance is None:  # a run of this job still runs (here or in another worker)
+            self._report_max_instances(job, run_time)
+            await self._confirm(attempt, job, schedule_id, run_time)
+            return False, None
+        self._stats.instance_takeovers += instance.takeover
+        with self._running_lock:
+            self._running[job.id, run_time.timestamp()] = instance
+        return True, instance
+
+    async def _confirm(
+        self, attempt: Attempt, job: Job, schedule_id: str, run_time: datetime
+    ) -> None:
         try:
             await self.firings.confirm(attempt)
         except REDIS_ERRORS as exc:
@@ -469,6 +574,21 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
                 exc,
                 self._pending_lease,
             )
+
+    def _forget(self, job_id: str, run_time: datetime) -> Instance | None:
+        with self._running_lock:
+            return self._running.pop((job_id, run_time.timestamp()), None)
+
+    def _run_ended(self, event: JobExecutionEvent) -> None:
+        """Release the job lease of a run that ended (a scheduler listener).
+
+        A run whose event never comes (APScheduler's ``run_job`` itself failed) is
+        released by the heartbeat once the inner executor counts it out.
+        """
+        instance = self._forget(event.job_id, event.scheduled_run_time)
+        thread = self._thread
+        if instance is not None and thread is not None:
+            thread.run(self._instances.end(instance))
 
     def _report_max_instances(self, job: Job, run_time: datetime) -> None:
         """As APScheduler does: a WARNING and an ``EVENT_JOB_MAX_INSTANCES``.

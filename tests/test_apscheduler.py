@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -28,6 +30,7 @@ from redis.asyncio import Redis
 from taskiq_dedup.apscheduler import DedupExecutor, JobTrigger, job_schedule_id
 from taskiq_dedup.errors import ConfigurationError
 from taskiq_dedup.keys import KeySpace
+from taskiq_dedup.leases import Leases
 from tests.support.polling import eventually
 from tests.support.processes import wait_until
 from tests.support.redis_server import RedisServer
@@ -97,20 +100,27 @@ async def test_two_asyncio_schedulers_run_each_run_once(
         scheduler.start()
         if index == 0:
             await asyncio.sleep(0.3)  # a different phase for the second scheduler's interval
+    calls = [f"{prefix}-cron", f"{prefix}-interval"]
     try:
         await eventually(lambda: len(runs.slots(EVENT_JOB_EXECUTED)) >= 4, timeout=15, interval=0.1)
+        for scheduler in schedulers:
+            scheduler.pause()
+        # every run handed over has reported its event before the count
+        await eventually(lambda: sum(CALLS[c] for c in calls) == len(runs.events), timeout=5)
     finally:
         for scheduler in schedulers:
             scheduler.shutdown()
-    for job_id in {e.job_id for e in runs.events}:
+    for tick in (True, False):
+        # the interval job has another id in each scheduler: one job all the same;
         # a 1 s interval's bucket is its run time's second, as a cron's slot is
         seen = Counter(
-            int(e.scheduled_run_time.timestamp()) for e in runs.events if e.job_id == job_id
+            int(e.scheduled_run_time.timestamp())
+            for e in runs.events
+            if (e.job_id == "tick") == tick
         )
-        assert max(seen.values()) == 1, (job_id, seen)
-    assert len({e.job_id for e in runs.events}) == 2
+        assert seen, tick
+        assert max(seen.values()) == 1, (tick, seen)
     assert CALLS[f"{prefix}-cron"] == len([e for e in runs.events if e.job_id == "tick"])
-    assert CALLS[f"{prefix}-interval"] == len([e for e in runs.events if e.job_id != "tick"])
     tick = f"tick@{record_async.__module__}:record_async"
     assert await redis.exists(KeySpace(prefix).firings(tick))
     total = sum(executor_of(s).stats.ran for s in schedulers)
@@ -240,6 +250,81 @@ async def test_redis_down_with_the_run_policy_runs_without_a_claim(
         scheduler.shutdown()
     assert executor.stats.run_without_claim >= 1
     assert executor.stats.claimed == 0
+
+
+SPANS: dict[str, list[tuple[float, float]]] = {}
+
+
+async def slow(name: str) -> None:
+    """Run for 1.5 s: longer than the 1 s interval it is scheduled at."""
+    start = time.monotonic()
+    await asyncio.sleep(1.5)
+    SPANS.setdefault(name, []).append((start, time.monotonic()))
+
+
+def overlaps(spans: list[tuple[float, float]]) -> int:
+    ordered = sorted(spans)
+    return sum(1 for (_, end), (start, _) in itertools.pairwise(ordered) if start < end)
+
+
+async def run_slow_job(redis_url: str, prefix: str, max_instances: int) -> list[DedupExecutor]:
+    """Two schedulers in this process, one event loop: a job that outlasts its interval."""
+    schedulers = [make_async(redis_url, prefix) for _ in range(2)]
+    for scheduler in schedulers:
+        scheduler.add_job(
+            slow, "interval", seconds=1, args=[prefix], id="slow", max_instances=max_instances
+        )
+        scheduler.start()
+    try:
+        await eventually(lambda: len(SPANS.get(prefix, [])) >= 3, timeout=20, interval=0.1)
+        for scheduler in schedulers:
+            scheduler.pause()
+        await eventually(
+            lambda: all(not executor_of(s).inner._instances for s in schedulers), timeout=5
+        )
+    finally:
+        for scheduler in schedulers:
+            scheduler.shutdown()
+    return [executor_of(s) for s in schedulers]
+
+
+async def test_max_instances_one_holds_across_schedulers(redis_url: str, prefix: str) -> None:
+    executors = await run_slow_job(redis_url, prefix, max_instances=1)
+    assert overlaps(SPANS[prefix]) == 0, SPANS[prefix]
+    assert sum(e.stats.max_instances_skipped for e in executors) >= 1
+
+
+async def test_without_the_job_lease_runs_overlap(redis_url: str, prefix: str) -> None:
+    """``max_instances=2`` is counted per process: the overlap check above can fail."""
+    await run_slow_job(redis_url, prefix, max_instances=2)
+    assert overlaps(SPANS[prefix]) >= 1, SPANS[prefix]
+
+
+async def test_a_crashed_holders_job_lease_is_taken_over(
+    redis_url: str, prefix: str, redis: Redis
+) -> None:
+    scheduler = make_async(redis_url, prefix)
+    job = scheduler.add_job(record, "cron", second="*", args=[f"{prefix}-crash"], id="crashy")
+    key = KeySpace(prefix).job_lease(f"crashy@{job.func_ref}")
+    # a worker that took the lease and died: its lease lapses, nobody renews it
+    holder = "gone:1#dead"
+    dead = await Leases(redis).claim(
+        key,
+        token=holder,
+        task_id="1",
+        generation=0,
+        worker="gone:1",
+        lease_ms=500,
+        retention_ms=60_000,
+    )
+    assert dead.won
+    executor = executor_of(scheduler)
+    scheduler.start()
+    try:
+        await eventually(lambda: CALLS[f"{prefix}-crash"] >= 1, timeout=10, interval=0.1)
+    finally:
+        scheduler.shutdown()
+    assert executor.stats.instance_takeovers == 1
 
 
 @pytest.fixture
