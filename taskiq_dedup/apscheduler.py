@@ -5,7 +5,10 @@ with the same jobs. This executor stands in front of the one that runs jobs
 (default ``AsyncIOExecutor``) and decides per run time, with the claim protocol
 of :mod:`taskiq_dedup.claims`, which process hands the run to it: acquire ->
 submit to the inner executor -> confirm; a submission that raises releases the
-claim, so a waiting scheduler takes the run at once.
+claim, so a waiting scheduler takes the run at once. For ``max_instances=1``
+(APScheduler's default) the winner also holds the job's lease
+(:mod:`taskiq_dedup.instances`) while the run runs, so runs never overlap across
+processes.
 
 A run time is its own slot (:class:`JobTrigger`). The Redis work runs on a
 private event loop in one thread, so neither an ``AsyncIOScheduler``'s loop nor
@@ -430,8 +433,9 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
     def submit_job(self, job: Job, run_times: list[datetime]) -> None:
         """Decide each run time and hand the won ones to the inner executor.
 
-        Not counted here: ``max_instances`` is the inner executor's, which counts
-        the runs it actually holds.
+        Instances are not counted here (``BaseExecutor.submit_job`` would count a
+        submission this worker may not run): the inner executor counts the runs it
+        holds, and the job lease counts ``max_instances=1`` across workers.
         """
         if self._thread is None:
             raise ConfigurationError(detail="DedupExecutor has not been started")
