@@ -398,7 +398,7 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
         )
         if self._thread is None:
             self._thread = _LoopThread()
-            self._thread.run(self._check())
+            self._track(self._thread.run(self._check()))
 
     async def _check(self) -> None:
         problems = await check_server(self._redis, logger)
@@ -445,9 +445,12 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
         assert self._thread is not None  # noqa: S101 -- checked by submit_job
         trigger = JobTrigger(job)
         schedule_id = job_schedule_id(job, trigger)
-        decision = self._thread.run(self._decide(job, trigger, schedule_id, list(run_times)))
-        self._decisions.add(decision)
-        decision.add_done_callback(self._decisions.discard)
+        self._track(self._thread.run(self._decide(job, trigger, schedule_id, list(run_times))))
+
+    def _track(self, work: concurrent.futures.Future[None]) -> None:
+        """Keep ``work`` (on the private loop) until it ends, to cancel it at shutdown."""
+        self._decisions.add(work)
+        work.add_done_callback(self._decisions.discard)
 
     async def _decide(
         self, job: Job, trigger: JobTrigger, schedule_id: str, run_times: list[datetime]
