@@ -24,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from taskiq_dedup.claims import PENDING_LEASE, FiringClaims
-from taskiq_dedup.triggers import OneOffTrigger, Trigger, epoch_seconds
+from taskiq_dedup.triggers import OneOffTrigger, SlotTrigger, Trigger, epoch_seconds
 
 if TYPE_CHECKING:
     from taskiq_dedup.keys import KeySpace
@@ -101,7 +101,7 @@ class FiringCoordinator:
         self.wait = wait
         self.stats = FiringStats()
 
-    def state_ttl_ms(self, trigger: Trigger, slot: int, now: datetime) -> int:
+    def state_ttl_ms(self, trigger: Trigger | SlotTrigger, slot: int, now: datetime) -> int:
         """How long the firing state must live after a claim on ``slot`` at ``now``."""
         if isinstance(trigger, OneOffTrigger):
             expiry = trigger.state_expiry(slot, self.one_off_grace)
@@ -109,7 +109,9 @@ class FiringCoordinator:
             expiry = trigger.state_expiry(slot)
         return max(MIN_STATE_TTL_MS, (expiry - epoch_seconds(now)) * 1000)
 
-    async def acquire(self, schedule_id: str, trigger: Trigger, now: datetime) -> Attempt | None:
+    async def acquire(
+        self, schedule_id: str, trigger: Trigger | SlotTrigger, now: datetime
+    ) -> Attempt | None:
         """Win the earliest unsent slot due at ``now``, or return ``None`` if it is not ours.
 
         :raises RedisError: Redis failed for the claim's whole retry window.
@@ -186,7 +188,9 @@ class FiringCoordinator:
             self._report_missed(schedule_id, trigger, claim.previous, claim.slot)
         return attempt
 
-    def _report_missed(self, schedule_id: str, trigger: Trigger, after: int, before: int) -> None:
+    def _report_missed(
+        self, schedule_id: str, trigger: Trigger | SlotTrigger, after: int, before: int
+    ) -> None:
         """Log, once across schedulers, the slots between the cursor and the one won."""
         for slot in trigger.slots_between(after, before):
             self.stats.missed += 1

@@ -83,6 +83,18 @@ def _as_sent(task: ScheduledTask) -> tuple[Any, Any]:
     return sent["args"], sent["kwargs"]
 
 
+def content_digest(content: dict[str, Any]) -> str:
+    """Return the id of ``content``: its canonical JSON (keys and sets sorted), hashed.
+
+    For adapters of other schedulers (``taskiq_dedup.apscheduler``), which
+    describe a job by their own fields.
+
+    :raises PydanticSerializationError, TypeError, ValueError: a value has no JSON form.
+    """
+    text = _canonical_json({"v": ID_VERSION, **_sort_sets(content)})
+    return hashlib.sha256(text.encode()).hexdigest()[:ID_LENGTH]
+
+
 def pinned_id(task_name: str, pin: str) -> str:
     """Return the id of a schedule pinned with ``dedup_id=pin`` on ``task_name``.
 

@@ -66,6 +66,10 @@ class KeySpace:
         """Key a worker takes to execute the firing (schedule, slot) once."""
         return self.key("run", schedule_id, str(slot))
 
+    def job_lease(self, schedule_id: str) -> str:
+        """Key held while one process runs a job of another scheduler (``instances``)."""
+        return self.key("job", schedule_id)
+
     def idempotency(self, task_name: str, idempotency_key: str) -> str:
         """Key a worker takes to execute one ad-hoc kick once per (task, key)."""
         digest = hashlib.sha256(

@@ -26,7 +26,7 @@ import functools
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter
@@ -244,6 +244,30 @@ class OneOffTrigger:
 
 
 Trigger = CronTrigger | IntervalTrigger | OneOffTrigger
+
+
+class SlotTrigger(Protocol):
+    """What the claim protocol needs of a trigger another scheduler drives.
+
+    ``CronTrigger`` and ``IntervalTrigger`` fit it; an adapter for another
+    scheduler (``taskiq_dedup.apscheduler``) implements it for that scheduler's
+    triggers without this module knowing them.
+    """
+
+    def canonical(self) -> str:
+        """Text that is equal for equal triggers."""
+
+    def slot(self, now: datetime) -> int:
+        """Epoch seconds naming the firing due at ``now``."""
+
+    def candidates(self, now: datetime) -> list[int]:
+        """Slots a firing at ``now`` may claim, ascending, the current one last."""
+
+    def slots_between(self, after: int, before: int) -> list[int]:
+        """Slots strictly between two slots (reported as missed when skipped)."""
+
+    def state_expiry(self, slot: int) -> int:
+        """Epoch seconds until which the firing state must outlive a claim on ``slot``."""
 
 
 def describe(task: ScheduledTask) -> str:

