@@ -152,6 +152,9 @@ class CronTrigger:
 
     def state_expiry(self, slot: int) -> int:
         """Epoch seconds until which the firing state must outlive a claim on ``slot``."""
+        return _cron_state_expiry(self, slot)
+
+    def _state_expiry(self, slot: int) -> int:
         following = epoch_seconds(self.next_fire(datetime.fromtimestamp(slot, tz=timezone.utc)))
         return following + int((LATE_WINDOW + MAX_CLOCK_SKEW + CLAIM_GRACE).total_seconds())
 
@@ -160,6 +163,12 @@ class CronTrigger:
 def _cron_slot(trigger: CronTrigger, minute: int) -> int:
     """``trigger``'s latest cron time within or before ``minute`` (epoch minutes)."""
     return trigger._slot_of_minute(minute)  # the cached half of slot()
+
+
+@functools.lru_cache(maxsize=16384)
+def _cron_state_expiry(trigger: CronTrigger, slot: int) -> int:
+    """``trigger``'s state expiry after a claim on ``slot``: one croniter walk per slot."""
+    return trigger._state_expiry(slot)
 
 
 @functools.lru_cache(maxsize=16384)
