@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -165,10 +166,14 @@ def model_server() -> RedisServer:
     server.close()
 
 
+EXAMPLES = int(os.environ.get("TASKIQ_DEDUP_MODEL_EXAMPLES", "25"))
+"""Runs of the model: 25 in the test command (~30 s); ``./dev soak`` runs 400."""
+
+
 def test_the_protocol_under_random_faults(model_server: RedisServer) -> None:
     Protocol.server = model_server
     Protocol.TestCase.settings = settings(
-        max_examples=25,
+        max_examples=EXAMPLES,
         stateful_step_count=25,
         deadline=None,
         derandomize=True,  # seeded: the same runs every time; ./dev soak runs more
