@@ -60,7 +60,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local h = redis.call('HMGET', KEYS[1], 'sent', 'slot', 'holder', 'lease_until', 'sent_by')
 local sent, holder = h[1], h[3]
-if holder == ARGV[1] then
+if holder == ARGV[1] then  -- a retry whose first reply was lost: the lease starts now
+  redis.call('HSET', KEYS[1], 'lease_until', string.format('%.0f', now + tonumber(ARGV[2])))
   return {'won', h[2], sent or '', '', 0}
 end
 if holder and tonumber(h[4]) > now then
@@ -82,7 +83,7 @@ else
   end
 end
 if not pick then
-  return {'sent', sent, sent, h[5] or '', 0}
+  return {'sent', after, after, h[5] or '', 0}
 end
 redis.call('HSET', KEYS[1], 'slot', pick, 'holder', ARGV[1],
   'lease_until', string.format('%.0f', now + tonumber(ARGV[2])))
@@ -128,8 +129,14 @@ RELEASE_SCRIPT = """
 -- KEYS[1] = the schedule's firing state
 -- ARGV[1] = the attempt's token
 -- returns 1 if this attempt's pending claim was dropped (its send failed), so a
--- waiting scheduler takes the slot at once; 0 if it no longer held it
-if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then
+-- waiting scheduler takes the slot at once; 0 if it no longer held it. On a
+-- first send (no cursor yet) the cursor is set just before the slot, so the
+-- slot stays the next one due instead of the history being forgotten.
+local h = redis.call('HMGET', KEYS[1], 'holder', 'slot', 'sent')
+if h[1] == ARGV[1] then
+  if not h[3] then
+    redis.call('HSET', KEYS[1], 'sent', string.format('%.0f', tonumber(h[2]) - 1))
+  end
   redis.call('HDEL', KEYS[1], 'slot', 'holder', 'lease_until')
   return 1
 end

@@ -31,8 +31,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("taskiq_dedup.firing")
 
-MIN_STATE_TTL_MS = 1000
-"""A firing state lives at least this long, even when its window has nearly passed."""
+MIN_STATE_TTL_MS = 24 * 3600 * 1000
+"""A firing state lives at least a day after its last claim, however short its
+period: an outage of every scheduler up to a day then ends with the window's slots
+sent late and the older ones reported missed, instead of forgotten. A hash of a
+few fields per schedule; a deleted schedule's state expires a day later."""
 
 WAIT_MARGIN = 1.0
 """Seconds a scheduler waits beyond a pending claim's lease before giving up: lets
@@ -44,6 +47,16 @@ WAIT_POLL = 0.05
 
 WAIT_POLL_MAX = 0.5
 """The longest pause between looks at a pending claim."""
+
+
+def due_slots(trigger: Trigger | SlotTrigger, now: datetime) -> list[int]:
+    """Return the trigger's candidates at ``now`` that are due, the current slot last.
+
+    Cron candidates reach ``MAX_CLOCK_SKEW`` ahead: a slot still ahead of this
+    host's clock is offered only when nothing due is left (a tick within the skew).
+    """
+    ahead = trigger.candidates(now)
+    return [slot for slot in ahead if slot <= epoch_seconds(now)] or ahead[:1]
 
 
 @dataclass(frozen=True)
@@ -116,11 +129,8 @@ class FiringCoordinator:
 
         :raises RedisError: Redis failed for the claim's whole retry window.
         """
-        candidates = trigger.candidates(now)
-        # Without history, the slot this host's clock is in (a tick within the skew
-        # allowance before a slot takes that slot).
-        reached = [slot for slot in candidates if slot <= epoch_seconds(now)]
-        current = reached[-1] if reached else candidates[0]
+        candidates = due_slots(trigger, now)
+        current = candidates[-1]  # taken when the schedule has no history
         key = self.keys.firings(schedule_id)
         token = self.claims.new_attempt()
         ttl_ms = self.state_ttl_ms(trigger, candidates[-1], now)

@@ -40,7 +40,7 @@ from taskiq_dedup.errors import (
     InvalidScheduleError,
     ScheduleInCodeError,
 )
-from taskiq_dedup.firing import Attempt, FiringCoordinator
+from taskiq_dedup.firing import Attempt, FiringCoordinator, due_slots
 from taskiq_dedup.identity import schedule_id_for
 from taskiq_dedup.keys import DEFAULT_PREFIX, KeySpace
 from taskiq_dedup.labels import SCHEDULE_ID_LABEL, SLOT_LABEL
@@ -54,7 +54,7 @@ from taskiq_dedup.triggers import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Coroutine, Mapping, Sequence
 
     from redis.asyncio import Redis
 
@@ -226,6 +226,7 @@ class CompositeScheduleSource(ScheduleSource):
         self._sending: dict[str, tuple[ScheduledTask, Attempt, asyncio.Task[Any] | None]] = {}
         self._late_senders: dict[str, asyncio.Task[None]] = {}
         self._releases: set[asyncio.Task[None]] = set()
+        self._closing = False
         self._merger = Merger(one_off_grace)
         self._schedules: dict[str, MergedSchedule] = {}
         """By public id: what ``get_schedules`` returns as ``ScheduledTask.schedule_id``."""
@@ -277,6 +278,7 @@ class CompositeScheduleSource(ScheduleSource):
         A claim won but not confirmed (a send still in flight) is released, so
         another scheduler sends the firing without waiting out its lease.
         """
+        self._closing = True  # no late sender starts from here on
         for sender in list(self._late_senders.values()):
             sender.cancel()
         await asyncio.gather(*self._late_senders.values(), return_exceptions=True)
@@ -363,7 +365,7 @@ class CompositeScheduleSource(ScheduleSource):
                     type(exc).__name__,
                     exc,
                 )
-                self._mark_firing(task, entry.schedule_id, entry.trigger.slot(now))
+                self._mark_firing(task, entry.schedule_id, due_slots(entry.trigger, now)[-1])
                 return
             logger.error(  # noqa: TRY400
                 "Cannot claim a firing of schedule %s (%s: %s); firing skipped "
@@ -465,14 +467,29 @@ class CompositeScheduleSource(ScheduleSource):
         still due. At most one such sender runs per schedule.
         """
         entry = self._schedules.get(public_id)
-        if self.broker is None or entry is None:
+        if self._closing or entry is None:
+            return
+        if self.broker is None:
+            logger.error(
+                "No broker to re-send schedule %s from this scheduler (pass broker=); %s",
+                public_id,
+                "a one-off is lost unless another scheduler sends it"
+                if isinstance(entry.trigger, OneOffTrigger)
+                else "a later tick sends its unsent slot",
+            )
             return
         running = self._late_senders.get(public_id)
         if running is not None and not running.done():
             return
         sender = asyncio.get_running_loop().create_task(self._late_sends(entry, delay))
         self._late_senders[public_id] = sender
-        sender.add_done_callback(lambda _: self._late_senders.pop(public_id, None))
+        sender.add_done_callback(
+            lambda done: (
+                self._late_senders.pop(public_id)
+                if self._late_senders.get(public_id) is done
+                else None
+            ),
+        )
 
     async def _late_sends(self, entry: MergedSchedule, delay: float) -> None:
         """Claim and send the schedule's unsent slots until none is left."""
@@ -494,13 +511,14 @@ class CompositeScheduleSource(ScheduleSource):
                 return
             task = entry.task.model_copy(deep=True)
             self._mark_firing(task, entry.schedule_id, attempt.slot)
-            try:
-                await (
-                    AsyncKicker(task.task_name, self.broker, task.labels)
-                    .with_labels(schedule_id=task.schedule_id)
-                    .with_task_id(task_id=task.task_id)
-                    .kiq(*task.args, **task.kwargs)
-                )
+            kick: Coroutine[Any, Any, Any] = (
+                AsyncKicker(task.task_name, self.broker, task.labels)
+                .with_labels(schedule_id=task.schedule_id)
+                .with_task_id(task_id=task.task_id)
+                .kiq(*task.args, **task.kwargs)
+            )
+            try:  # bounded like the claim: a hung kick would pin this sender
+                await asyncio.wait_for(kick, self.claims.pending_lease_ms / 1000)
             except Exception as exc:
                 logger.error(  # noqa: TRY400
                     "Sending firing %s of schedule %s failed again (%s: %s)",

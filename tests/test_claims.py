@@ -271,3 +271,41 @@ async def test_a_lapsed_first_send_is_taken_over_from_its_own_slot(client: Redis
 
     await eventually(taken_over, timeout=5)
     assert (replies[-1].verdict, replies[-1].slot, replies[-1].previous) == ("takeover", 10, 9)
+
+
+async def test_a_failed_first_send_keeps_its_slot_next_in_line(client: Redis, key: str) -> None:
+    """Found in review: releasing a schedule's first claim emptied the hash, so the
+    next claim had no history, took the current slot and dropped the released one."""
+    claims = claims_on(client, "a", pending_lease=30)
+    attempt = claims.new_attempt()
+    assert (await claims.claim(key, attempt, [10], TTL_MS)).slot == 10
+    assert await claims.release(key, attempt)  # the kick raised
+    retry = await claims.claim(key, claims.new_attempt(), [10, 20, 30], TTL_MS)
+    assert (retry.verdict, retry.slot, retry.previous) == ("won", 10, 9)
+
+
+async def test_a_retry_that_finds_its_own_claim_restarts_the_lease(client: Redis, key: str) -> None:
+    claims = claims_on(client, "a", pending_lease=30)
+    attempt = claims.new_attempt()
+    await claims.claim(key, attempt, [10], TTL_MS)
+    await client.hset(key, "lease_until", 0)  # the retries took the whole lease
+    again = await claims.claim(key, attempt, [10], TTL_MS)
+    assert again.won
+    other = await claims_on(client, "b").claim(key, "b#1", [10], TTL_MS)
+    assert other.verdict == "pending"  # not taken over under the retried holder
+
+
+async def test_nothing_left_to_send_without_a_cursor_reads_as_sent(client: Redis, key: str) -> None:
+    """Found in review: a lapsed first send at a slot after every candidate made the
+    script answer 'sent' with no slot, and the reply failed to parse."""
+    dead = claims_on(client, "a", pending_lease=0.2)
+    await dead.claim(key, dead.new_attempt(), [20], TTL_MS)
+    other = claims_on(client, "b")
+    replies = []
+
+    async def answered() -> bool:
+        replies.append(await other.claim(key, "b#1", [10], TTL_MS))
+        return replies[-1].verdict != "pending"
+
+    await eventually(answered, timeout=5)
+    assert (replies[-1].verdict, replies[-1].won) == ("sent", False)
