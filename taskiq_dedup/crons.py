@@ -20,7 +20,7 @@ import functools
 import itertools
 from collections.abc import Sequence
 
-from croniter import CroniterError, croniter
+from croniter import CroniterBadCronError, croniter
 
 MINUTE, HOUR, DAY, MONTH, WEEKDAY = range(5)
 _RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 6))
@@ -76,7 +76,7 @@ def canonical_cron(expression: str) -> str:
     """
     try:
         expanded, nth_weekday = croniter.expand(expression)
-    except CroniterError as exc:
+    except CroniterBadCronError as exc:
         raise ValueError(str(exc)) from exc
     fields = expression.lower().split()
     if nth_weekday or "w" in fields[DAY] or "#" in fields[WEEKDAY]:

@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOORS = (
     "taskiq==0.12.5",
     "redis==6.0.0",
-    "croniter==1.0.1",
-    "pydantic-core==2.4.0",
-    "pydantic==2.1.0",  # taskiq's own floor in practice: its models fail on pydantic 2.0
+    "croniter==3.0.3",  # canonical crons: older releases reject "?" and other spellings
+    "pydantic-core==2.18.1",  # to_jsonable_python(inf_nan_mode=...): ids as taskiq sends them
+    "pydantic==2.7.0",
     "taskiq-redis==1.1.0",
 )
 """The oldest releases ``pyproject.toml`` admits (taskiq-redis: its test extra)."""
