@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOORS = (
     "taskiq==0.12.5",
     "redis==6.0.0",
-    "croniter==3.0.3",  # canonical crons: older releases reject "?" and other spellings
+    "croniter==7.0.0",  # canonical crons: 6.0 and older expand some spellings differently
     "pydantic-core==2.18.1",  # to_jsonable_python(inf_nan_mode=...): ids as taskiq sends them
     "pydantic==2.7.0",
     "taskiq-redis==1.1.0",
