@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from tests.reliability.proxy import LatencyProxy
 from tests.support.processes import ProcessGroup
 from tests.support.redis_server import RedisServer, external_redis_url
 
@@ -77,3 +78,13 @@ def processes(tmp_path: Path) -> Iterator[ProcessGroup]:
     """Real processes for this test, all reaped when it ends, pass or fail."""
     with ProcessGroup(tmp_path / "logs") as group:
         yield group
+
+
+@pytest.fixture
+def proxy(own_redis: RedisServer) -> Iterator[LatencyProxy]:
+    """A TCP proxy in front of ``own_redis`` that can delay or drop replies."""
+    server = LatencyProxy(own_redis.port).start()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -155,15 +155,6 @@ async def test_a_short_ttl_really_expires(client: Redis, key: str) -> None:
     await eventually(gone, timeout=5)
     fresh = await claims.claim(key, claims.new_attempt(), [10], TTL_MS)
     assert (fresh.verdict, fresh.slot) == ("won", 10)
-
-
-@pytest.fixture
-def proxy(own_redis: RedisServer) -> Iterator[LatencyProxy]:
-    server = LatencyProxy(own_redis.port).start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 async def test_every_script_is_safe_to_retry_after_a_lost_reply(

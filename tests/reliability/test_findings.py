@@ -7,7 +7,6 @@ while the bugs were open and are regression tests now.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import pytest
 from taskiq import InMemoryBroker, ScheduledTask, ScheduleSource
@@ -31,15 +30,6 @@ class StaticSource(ScheduleSource):
 
 def every(seconds: int, name: str) -> ScheduledTask:
     return ScheduledTask(task_name="t", labels={}, args=[name], kwargs={}, interval=seconds)
-
-
-@pytest.fixture
-def proxy(own_redis: RedisServer) -> Iterator[LatencyProxy]:
-    server = LatencyProxy(own_redis.port).start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 async def test_a_claim_whose_reply_was_lost_is_still_won(
