@@ -3,11 +3,13 @@
 Each schedule has one *firing state* key (a hash, ``KeySpace.firings``) changed
 only by the three scripts below. Its fields:
 
-- ``sent``: the latest slot confirmed in the broker (the cursor); every slot at or
-  before it is sent, or was given up as missed;
+- ``sent``: the cursor: every slot at or before it is sent, or was given up as
+  missed. A claim moves it to just before the slot it wins; a confirm, to the slot;
 - ``slot``, ``holder``, ``lease_until``: the slot one attempt is sending now
   (*pending*), the attempt's token and its lease deadline in Redis server time;
-- ``sent_by``: the attempt that confirmed ``sent``, for logs.
+- ``sent_by``: the attempt that confirmed ``sent``, for logs;
+- ``from``: the cursor before the pending attempt's claim (its missed slots follow
+  it), returned again to a retry of that claim.
 
 A scheduler passes the slots it could fire now (``candidates``: ascending, the
 current slot last) and wins the **earliest unsent** one, so a late or drifting
@@ -58,19 +60,16 @@ CLAIM_SCRIPT = """
 --   'sent'     every candidate is sent already (slot = the cursor)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local h = redis.call('HMGET', KEYS[1], 'sent', 'slot', 'holder', 'lease_until', 'sent_by')
+local h = redis.call('HMGET', KEYS[1], 'sent', 'slot', 'holder', 'lease_until', 'sent_by', 'from')
 local sent, holder = h[1], h[3]
 if holder == ARGV[1] then  -- a retry whose first reply was lost: the lease starts now
   redis.call('HSET', KEYS[1], 'lease_until', string.format('%.0f', now + tonumber(ARGV[2])))
-  return {'won', h[2], sent or '', '', 0}
+  return {'won', h[2], h[6] or '', '', 0}
 end
 if holder and tonumber(h[4]) > now then
   return {'pending', h[2], sent or '', holder, tonumber(h[4]) - now}
 end
 local after = sent
-if not sent and holder then
-  after = tostring(tonumber(h[2]) - 1)  -- a first send that never confirmed: from its slot
-end
 local pick = false
 if not after then
   pick = ARGV[4]  -- no history (new schedule, or data lost): the current slot only
@@ -85,8 +84,13 @@ end
 if not pick then
   return {'sent', after, after, h[5] or '', 0}
 end
+-- The cursor moves to just before the slot won: every earlier slot is sent or is
+-- reported missed by this claim's winner (the cursor it moved from is kept in
+-- 'from' for a retry whose reply was lost), so a takeover or a re-win after a
+-- release starts from the won slot and never reports the same slots again.
 redis.call('HSET', KEYS[1], 'slot', pick, 'holder', ARGV[1],
-  'lease_until', string.format('%.0f', now + tonumber(ARGV[2])))
+  'lease_until', string.format('%.0f', now + tonumber(ARGV[2])),
+  'sent', string.format('%.0f', tonumber(pick) - 1), 'from', after or '')
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < tonumber(ARGV[3]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -113,7 +117,7 @@ if not h[2] or tonumber(ARGV[2]) > tonumber(h[2]) then
   mine = mine or not h[1]
 end
 if h[1] == ARGV[1] then  -- after the HSET: a hash left empty would be deleted
-  redis.call('HDEL', KEYS[1], 'slot', 'holder', 'lease_until')
+  redis.call('HDEL', KEYS[1], 'slot', 'holder', 'lease_until', 'from')
 end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < tonumber(ARGV[3]) then
@@ -129,15 +133,10 @@ RELEASE_SCRIPT = """
 -- KEYS[1] = the schedule's firing state
 -- ARGV[1] = the attempt's token
 -- returns 1 if this attempt's pending claim was dropped (its send failed), so a
--- waiting scheduler takes the slot at once; 0 if it no longer held it. On a
--- first send (no cursor yet) the cursor is set just before the slot, so the
--- slot stays the next one due instead of the history being forgotten.
-local h = redis.call('HMGET', KEYS[1], 'holder', 'slot', 'sent')
-if h[1] == ARGV[1] then
-  if not h[3] then
-    redis.call('HSET', KEYS[1], 'sent', string.format('%.0f', tonumber(h[2]) - 1))
-  end
-  redis.call('HDEL', KEYS[1], 'slot', 'holder', 'lease_until')
+-- waiting scheduler takes the slot at once; 0 if it no longer held it. The cursor
+-- the claim left just before the slot keeps the slot next in line.
+if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'slot', 'holder', 'lease_until', 'from')
   return 1
 end
 return 0

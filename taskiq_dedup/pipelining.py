@@ -6,9 +6,10 @@ call is still its own atomic script, so batching changes only the cost: a
 burst of firings due at one moment needs a few round trips and one connection
 instead of one of each per decision.
 
-A call's ``timeout`` bounds its round trip (the client's own reconnect retries
-included), counted from when it is sent: a call queued behind a round trip waits
-at most that round trip's timeout first.
+A call's ``timeout`` bounds the whole call, counted from when it is made: the
+wait behind a round trip already on the wire, then its own round trip (the
+client's reconnect retries included). A call whose time runs out while queued is
+never sent.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class _Call:
     keys: list[str]
     args: list[Any]
     future: asyncio.Future[Any]
-    timeout: float | None
+    deadline: float | None
+    """The event loop's time by which the caller stops waiting."""
 
 
 class ScriptPipeline:
@@ -61,12 +63,15 @@ class ScriptPipeline:
     ) -> Any:  # noqa: ANN401 -- a script's reply
         """Run one script call; return its reply or raise its error.
 
-        :raises TimeoutError: no reply within ``timeout`` seconds of sending it.
+        :raises TimeoutError: no reply within ``timeout`` seconds of this call.
         """
         if self._busy:
-            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            self._pending.append(_Call(script, keys, args, future, timeout))
-            return await future
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[Any] = loop.create_future()
+            deadline = None if timeout is None else loop.time() + timeout
+            self._pending.append(_Call(script, keys, args, future, deadline))
+            # On timeout the future is cancelled: the sender skips it, or drops its reply.
+            return await asyncio.wait_for(future, timeout)
         self._busy = True
         try:
             return await asyncio.wait_for(script(keys=keys, args=args), timeout)
@@ -78,13 +83,17 @@ class ScriptPipeline:
 
     async def _send_pending(self) -> None:
         try:
+            loop = asyncio.get_running_loop()
             while self._pending:
-                batch = self._pending[:MAX_BATCH]
+                batch = [call for call in self._pending[:MAX_BATCH] if not call.future.done()]
                 del self._pending[:MAX_BATCH]
-                timeouts = [call.timeout for call in batch if call.timeout is not None]
+                if not batch:  # every caller gave up while queued
+                    continue
+                deadlines = [call.deadline for call in batch if call.deadline is not None]
                 try:
                     replies = await asyncio.wait_for(
-                        self._send(batch), min(timeouts) if timeouts else None
+                        self._send(batch),
+                        max(min(deadlines) - loop.time(), 0) if deadlines else None,
                     )
                 except Exception as exc:  # handed to every call of the batch
                     self._pipe = None  # a pipeline cut mid-reply is not reused

@@ -275,6 +275,30 @@ async def test_a_failed_first_send_keeps_its_slot_next_in_line(client: Redis, ke
     assert (retry.verdict, retry.slot, retry.previous) == ("won", 10, 9)
 
 
+async def test_missed_slots_are_reported_to_one_winner_only(client: Redis, key: str) -> None:
+    """Found in review: a slot released (or lapsed) after a claim that skipped missed
+    slots was won again with the old cursor, so the same slots were reported twice."""
+    claims = claims_on(client, "a", pending_lease=0.2)
+    first = claims.new_attempt()
+    await claims.claim(key, first, [10], TTL_MS)
+    await claims.confirm(key, first, 10, TTL_MS)
+    gap = await claims.claim(key, (attempt := claims.new_attempt()), [40, 50], TTL_MS)
+    assert (gap.slot, gap.previous) == (40, 10)  # 20 and 30 fell out of the window
+    retried = await claims.claim(key, attempt, [40, 50], TTL_MS)  # its reply was lost
+    assert (retried.slot, retried.previous) == (40, 10)  # the retry still reports them
+    assert await claims.release(key, attempt)
+    rewon = await claims.claim(key, claims.new_attempt(), [40, 50], TTL_MS)
+    assert (rewon.slot, rewon.previous) == (40, 39)  # nothing missed between 39 and 40
+    replies = []
+
+    async def taken_over() -> bool:  # its holder dies: the takeover reports nothing either
+        replies.append(await claims_on(client, "b").claim(key, "b#1", [40, 50], TTL_MS))
+        return replies[-1].won
+
+    await eventually(taken_over, timeout=5)
+    assert (replies[-1].verdict, replies[-1].slot, replies[-1].previous) == ("takeover", 40, 39)
+
+
 async def test_a_retry_that_finds_its_own_claim_restarts_the_lease(client: Redis, key: str) -> None:
     claims = claims_on(client, "a", pending_lease=30)
     attempt = claims.new_attempt()
@@ -300,3 +324,33 @@ async def test_nothing_left_to_send_without_a_cursor_reads_as_sent(client: Redis
 
     await eventually(answered, timeout=5)
     assert (replies[-1].verdict, replies[-1].won) == ("sent", False)
+
+
+async def test_a_call_queued_behind_a_hung_round_trip_keeps_its_own_deadline(
+    own_redis: RedisServer, key: str
+) -> None:
+    """Found in review: a call queued behind a hung batch waited out that batch's
+    timeout before its own began."""
+    redis = Redis.from_url(own_redis.url, socket_timeout=10)
+    try:
+        slow = claims_on(redis, "a", retry_window=0)
+        await slow.claim(key, slow.new_attempt(), [5], TTL_MS)  # loads the script
+        assert own_redis.process is not None
+        own_redis.process.send_signal(signal.SIGSTOP)
+        try:
+            pipeline = slow._pipeline
+            first = asyncio.ensure_future(
+                pipeline.run(slow._confirm, [key], ["x", 1, TTL_MS], timeout=4.0),
+            )
+            await asyncio.sleep(0.05)  # the first call is on the wire
+            started = time.monotonic()
+            with pytest.raises(asyncio.TimeoutError):
+                await pipeline.run(slow._confirm, [key], ["y", 1, TTL_MS], timeout=0.5)
+            queued_for = time.monotonic() - started
+        finally:
+            own_redis.process.send_signal(signal.SIGCONT)
+        assert await first == 0  # answered once Redis resumed, within its own 4 s
+    finally:
+        await redis.aclose()
+    # Its own 0.5 s, not the 4 s of the call ahead of it.
+    assert queued_for < 2.0
