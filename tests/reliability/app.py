@@ -27,6 +27,7 @@ import asyncio
 import json
 import os
 import pickle
+import random
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from redis.asyncio import Redis
 from taskiq import Context, ScheduledTask, ScheduleSource, TaskiqDepends, TaskiqScheduler
+from taskiq.message import BrokerMessage
 from taskiq.schedule_sources import LabelScheduleSource
 from taskiq.serializers import JSONSerializer
 from taskiq_redis import ListRedisScheduleSource, RedisStreamBroker
@@ -99,6 +101,9 @@ class Settings:
     """Add the bad schedules of ``BAD_LABEL_SCHEDULES`` and the child ``bad_store``."""
     guard: bool = True
     """``False``: no shared claims and no worker-side guard (see the module docstring)."""
+    kick_failure_rate: float = 0.0
+    """Share of this process's kicks that raise, as a replica with a sick broker
+    connection sees (1.0: every send fails)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -111,6 +116,7 @@ class Settings:
             task_seconds=float(env.get("TASK_SECONDS", "0")),
             bad_input=env.get("BAD_INPUT") == "1",
             guard=env.get("DEDUP_GUARD", "on") != "off",
+            kick_failure_rate=float(env.get("KICK_FAILURE_RATE", "0")),
         )
 
     def env(self) -> dict[str, str]:
@@ -123,6 +129,7 @@ class Settings:
             "TASK_SECONDS": str(self.task_seconds),
             "BAD_INPUT": "1" if self.bad_input else "0",
             "DEDUP_GUARD": "on" if self.guard else "off",
+            "KICK_FAILURE_RATE": str(self.kick_failure_rate),
         }
 
     def claim_prefix(self) -> str:
@@ -190,7 +197,17 @@ async def register_dynamic(settings: Settings) -> str:
 
 settings = Settings.from_env()
 
-broker = RedisStreamBroker(
+
+class SickableStreamBroker(RedisStreamBroker):
+    """The stream broker whose kicks fail at ``Settings.kick_failure_rate``."""
+
+    async def kick(self, message: BrokerMessage) -> None:
+        if settings.kick_failure_rate and random.random() < settings.kick_failure_rate:
+            raise ConnectionError("the broker connection of this replica is sick")
+        await super().kick(message)
+
+
+broker = SickableStreamBroker(
     settings.stable_url,
     queue_name=stream_name(settings.prefix),
     consumer_group_name=f"{settings.prefix}-workers",

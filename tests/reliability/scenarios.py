@@ -74,6 +74,7 @@ after its first. So a claim fails only if Redis is still down then."""
 EXTRA_RUNS_PER_RESTART = 1
 """README.md: at most one extra run per schedule per Redis restart without persistence."""
 
+FAILED_SEND_LINE = re.compile(r"Sending firing \S+ of schedule \S+ failed")
 SKIP_LINE = re.compile(r"Cannot claim a firing of schedule (\S+) .*firing skipped")
 
 
@@ -114,7 +115,10 @@ class Run:
         return f"{base}-r{restarts}" if restarts else base
 
     def spawn_scheduler(self, index: int) -> ManagedProcess:
-        settings = self.settings_for(self.scenario.skews[index])
+        settings = dataclasses.replace(
+            self.settings_for(self.scenario.skews[index]),
+            kick_failure_rate=self.scenario.kick_failures[index],
+        )
         args = SCHEDULER_ARGS
         if not self.scenario.skip_first_run:
             args = tuple(arg for arg in args if arg != "--skip-first-run")
@@ -235,6 +239,8 @@ class Scenario:
     title: str
     inject: Inject
     skews: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    kick_failures: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """Share of each scheduler's kicks that raise (a replica with a sick broker)."""
     workers: int = 1
     task_seconds: float = 0.0
     proxy: bool = False
@@ -529,6 +535,11 @@ def tally(
             result.unexplained_missed.append(firing)
 
     result.scheduler_cancellations = sum(s.count(" was sent by ") for s in _scheduler_logs(run))
+    failed_sends = sum(len(FAILED_SEND_LINE.findall(s)) for s in _scheduler_logs(run))
+    if failed_sends:
+        result.faults["failed kicks, each released and sent by another replica or later"] += (
+            failed_sends
+        )
     worker_logs = "\n".join(p.output() for p in run.group.processes if "worker" in p.name)
     result.worker_log_counts["lease takeovers"] = worker_logs.count("whose lease had lapsed")
     result.worker_log_counts["duplicates dropped by workers"] = worker_logs.count("not executed:")
@@ -689,6 +700,12 @@ def _expect_faults(result: Result) -> list[str]:
     return [] if sum(result.faults.values()) else ["the run was too short for any fault"]
 
 
+def _expect_failed_sends(result: Result) -> list[str]:
+    if not any(what.startswith("failed kicks") for what in result.faults):
+        return ["no kick failed: was the sick replica sick?"]
+    return []
+
+
 def _expect_cron(result: Result) -> list[str]:
     return [] if result.due_cron else ["no cron firing was due"]
 
@@ -765,6 +782,13 @@ SCENARIOS: dict[str, Scenario] = {
             no_fault,
             skews=(0.0, 0.0, BEYOND_SKEW),
             expect=_expect_late_sends_stopped,
+        ),
+        Scenario(
+            "sick-replica",
+            "one replica's kicks always fail, another's half the time",
+            no_fault,
+            kick_failures=(1.0, 0.5, 0.0),
+            expect=_expect_failed_sends,
         ),
         Scenario(
             "latency",

@@ -32,6 +32,7 @@ SHORT_RUNS = {
     "clock-skew": 8.0,  # runs on until a cron firing was due
     "clock-skew-beyond": 18.0,  # the late clock re-sends slots from 15 s in
     "latency": 15.0,
+    "sick-replica": 8.0,
 }
 """Seconds of faults per scenario: about 4 minutes in all with start-up and drain."""
 
