@@ -59,6 +59,7 @@ from taskiq_dedup.identity import content_digest, pinned_id
 from taskiq_dedup.instances import INSTANCE_LEASE, Instance, InstanceLeases
 from taskiq_dedup.keys import DEFAULT_PREFIX, KeySpace
 from taskiq_dedup.leases import Leases
+from taskiq_dedup.metrics import MetricsOption, track
 from taskiq_dedup.triggers import CLAIM_GRACE, LATE_WINDOW, MAX_CANDIDATES
 
 if TYPE_CHECKING:
@@ -297,6 +298,9 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
     :param instance_lease: seconds a running job's lease (``max_instances=1``)
         lives without a heartbeat: how soon a crashed worker's job runs elsewhere.
     :param clock: returns "now"; replace it in tests.
+    :param metrics: export the counters to Prometheus (docs/METRICS.md): ``True``
+        (default) to the default registry when ``prometheus_client`` is installed,
+        ``False`` not at all, or a ``CollectorRegistry``.
     :param connection_kwargs: passed to ``Redis.from_url``.
     """
 
@@ -312,6 +316,7 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
         pending_lease: float = PENDING_LEASE,
         instance_lease: float = INSTANCE_LEASE,
         clock: Clock = utc_now,
+        metrics: MetricsOption = True,
         **connection_kwargs: Any,  # noqa: ANN401 -- forwarded to redis-py
     ) -> None:
         super().__init__()
@@ -356,6 +361,7 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
         )
         self._thread: _LoopThread | None = None
         self._decisions: set[concurrent.futures.Future[None]] = set()
+        track("apscheduler", self, metrics)
 
     def _new_claims(self) -> FiringClaims:
         """Make a client (closed at shutdown) and the claim scripts on it."""

@@ -55,6 +55,7 @@ from taskiq_dedup.labels import (
     parse_slot,
 )
 from taskiq_dedup.leases import Claim, Leases
+from taskiq_dedup.metrics import MetricsOption, track
 from taskiq_dedup.stats import Counter, DedupStats
 from taskiq_dedup.stock_schedules import StockNaming
 
@@ -136,6 +137,9 @@ class DedupMiddleware(TaskiqMiddleware):
     - ``on_redis_error``: ``"reject"`` (fail-closed, default) or
       ``"execute"`` (fail-open); see the module docstring.
     - ``clock``: "now" for naming a stock scheduler's firing.
+    - ``metrics``: export the counters to Prometheus (docs/METRICS.md): ``True``
+      (default) to the default registry when ``prometheus_client`` is
+      installed, ``False`` not at all, or a ``CollectorRegistry``.
 
     ``stats`` is a ``DedupStats`` snapshot of the counters.
     """
@@ -154,6 +158,7 @@ class DedupMiddleware(TaskiqMiddleware):
         rerun_lost: bool | None = None,
         on_redis_error: OnRedisError = "reject",
         clock: Clock = utc_now,
+        metrics: MetricsOption = True,
         **connection_kwargs: Any,  # noqa: ANN401 -- forwarded to redis-py
     ) -> None:
         super().__init__()
@@ -218,6 +223,7 @@ class DedupMiddleware(TaskiqMiddleware):
             on_error=lambda exc: self._redis_error("renew the leases of", "held keys", exc),
         )
         self._stats = DedupStats()
+        track("worker", self, metrics)
         self._naming = StockNaming(clock)
         self._warned_unslotted = False
         self._checked = False

@@ -46,6 +46,7 @@ from taskiq_dedup.keys import DEFAULT_PREFIX, KeySpace
 from taskiq_dedup.labels import SCHEDULE_ID_LABEL, SLOT_LABEL
 from taskiq_dedup.locks import acquire_lock, release_lock
 from taskiq_dedup.merge import MergedSchedule, Merger, can_delete, user_set_id
+from taskiq_dedup.metrics import MetricsOption, serve, track
 from taskiq_dedup.triggers import (
     LATE_WINDOW,
     OneOffTrigger,
@@ -155,6 +156,12 @@ class CompositeScheduleSource(ScheduleSource):
         failed (retried here), and a slot a busy tick skipped. Default: the broker
         of the first child that has one (``LabelScheduleSource``); without one, a
         later tick sends them.
+    :param metrics: export the counters to Prometheus (docs/METRICS.md): ``True``
+        (default) to the default registry when ``prometheus_client`` is installed,
+        ``False`` not at all, or a ``CollectorRegistry``.
+    :param metrics_port: serve the default registry on this port from
+        ``startup`` (the scheduler process has no metrics server of its own); a
+        port in use is logged at ERROR and the scheduler runs on without it.
     :param connection_kwargs: passed to ``Redis.from_url`` with ``redis_url``.
     """
 
@@ -173,6 +180,8 @@ class CompositeScheduleSource(ScheduleSource):
         claim_retry_window: float = CLAIM_RETRY_WINDOW,
         pending_lease: float = PENDING_LEASE,
         broker: AsyncBroker | None = None,
+        metrics: MetricsOption = True,
+        metrics_port: int | None = None,
         **connection_kwargs: Any,  # noqa: ANN401 -- forwarded to redis-py
     ) -> None:
         self.sources = list(sources)
@@ -232,6 +241,8 @@ class CompositeScheduleSource(ScheduleSource):
         """By public id: what ``get_schedules`` returns as ``ScheduledTask.schedule_id``."""
         self._last_good: dict[int, list[ScheduledTask]] = {}
         self._stats = SourceStats()
+        self.metrics_port = metrics_port
+        track("scheduler", self, metrics)
 
     @property
     def stats(self) -> SourceStats:
@@ -261,6 +272,11 @@ class CompositeScheduleSource(ScheduleSource):
         Children start in order; the started ones are stopped if one fails.
         """
         await check_server(self.redis, logger)
+        if self.metrics_port is not None:
+            try:
+                serve(self.metrics_port)
+            except OSError as exc:  # the schedule matters more than its metrics
+                logger.error("Metrics not served on port %s: %s", self.metrics_port, exc)  # noqa: TRY400
         log_filter.install(self)  # one INFO line per lost claim, not three
         started: list[ScheduleSource] = []
         try:

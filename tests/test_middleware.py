@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from taskiq import (
     AckableMessage,
@@ -796,3 +797,21 @@ def test_skip_round_trips_the_original_message() -> None:
 def test_dedup_receiver_warns_without_the_middleware(caplog: pytest.LogCaptureFixture) -> None:
     DedupReceiver(InMemoryBroker(), max_async_tasks=1)
     assert any("without DedupMiddleware" in r.getMessage() for r in caplog.records)
+
+
+async def test_worker_counters_are_exported_to_prometheus(
+    brokers: Brokers, redis: Redis, prefix: str
+) -> None:
+    registry = CollectorRegistry()
+    middleware = DedupMiddleware(redis=redis, prefix=prefix, metrics=registry)
+    broker = brokers.queue(middleware)
+    calls: list[Any] = []
+    task = broker.register_task(recorder(calls), task_name="report")
+    for value in ("first", "second"):
+        await task.kicker().with_labels(**firing()).kiq(value)
+    await deliver(broker, Receiver(broker, max_async_tasks=10), 2)
+
+    assert calls == ["first"]
+    assert registry.get_sample_value("taskiq_dedup_worker_executed_total") == 1
+    assert registry.get_sample_value("taskiq_dedup_worker_dropped_done_total") == 1
+    assert registry.get_sample_value("taskiq_dedup_worker_redis_errors_total") == 0

@@ -30,8 +30,9 @@ FLOORS = (
     "pydantic-core==2.18.1",  # to_jsonable_python(inf_nan_mode=...): ids as taskiq sends them
     "pydantic==2.7.0",
     "taskiq-redis==1.1.0",
+    "prometheus-client==0.20.0",
 )
-"""The oldest releases ``pyproject.toml`` admits (taskiq-redis: its test extra)."""
+"""The oldest releases ``pyproject.toml`` admits (taskiq-redis, prometheus-client: extras)."""
 
 TOOLS = (
     "pytest>=8",
@@ -49,6 +50,7 @@ SHORT_SUITE = (
     "tests/test_claims.py",
     "tests/test_source.py",
     "tests/test_middleware.py",
+    "tests/test_metrics.py",
     "tests/test_embedded.py",
     "tests/test_log_filter.py",
     "tests/test_readme.py",
@@ -57,7 +59,7 @@ SHORT_SUITE = (
 """Every module of the package exercised against real Redis, plus the README's
 quick start with real ``taskiq`` processes: about a minute on 2 cores."""
 
-REPORTED = ("taskiq", "taskiq-redis", "redis", "croniter", "pydantic-core")
+REPORTED = ("taskiq", "taskiq-redis", "redis", "croniter", "pydantic-core", "prometheus-client")
 
 
 @dataclass(frozen=True)
@@ -114,9 +116,19 @@ def prepare(cell: Cell, python: str, home: Path) -> Path:
     run([python, "-m", "venv", str(venv)])
     pip = [str(interpreter), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     if cell.deps == "oldest":
-        run([*pip, "-e", ".[taskiq-redis]", *TOOLS, *FLOORS])
+        run([*pip, "-e", ".[taskiq-redis,metrics]", *TOOLS, *FLOORS])
     else:
-        run([*pip, "--upgrade", "--upgrade-strategy", "eager", "-e", ".[taskiq-redis]", *TOOLS])
+        run(
+            [
+                *pip,
+                "--upgrade",
+                "--upgrade-strategy",
+                "eager",
+                "-e",
+                ".[taskiq-redis,metrics]",
+                *TOOLS,
+            ]
+        )
     stamp.touch()
     return interpreter
 

@@ -1,6 +1,7 @@
 """A scheduler app for multi-process tests, configured by the environment.
 
-``REDIS_URL`` and ``DEDUP_PREFIX`` pick the server and environment; ``DEDUP_OFF=1``
+``REDIS_URL`` and ``DEDUP_PREFIX`` pick the server and environment; ``METRICS_PORT``
+serves the scheduler's metrics; ``DEDUP_OFF=1``
 builds taskiq as shipped (plain sources) for comparison. Every execution is
 appended to the Redis list ``<prefix>:executions`` as JSON.
 
@@ -38,8 +39,12 @@ redis_source = ListRedisScheduleSource(
     prefix=PREFIX.replace(":", "-") + "-schedules",
     serializer=JSONSerializer(),
 )
+METRICS_PORT = os.environ.get("METRICS_PORT")
 composite = CompositeScheduleSource(
-    [label_source, redis_source], redis_url=REDIS_URL, prefix=PREFIX
+    [label_source, redis_source],
+    redis_url=REDIS_URL,
+    prefix=PREFIX,
+    metrics_port=int(METRICS_PORT) if METRICS_PORT else None,
 )
 sources: list[ScheduleSource] = [label_source, redis_source] if DEDUP_OFF else [composite]
 scheduler = TaskiqScheduler(broker, sources=sources)
