@@ -24,6 +24,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from taskiq_dedup.claims import PENDING_LEASE, FiringClaims
+from taskiq_dedup.log_fields import decision
 from taskiq_dedup.triggers import OneOffTrigger, SlotTrigger, Trigger, epoch_seconds
 
 if TYPE_CHECKING:
@@ -71,6 +72,12 @@ class Attempt:
     behind: bool
     """An older slot was won: the current one is still due after it."""
     takeover: bool
+
+    def log_fields(self) -> dict[str, object]:
+        """Return the ``extra=`` of a log line about this attempt (``log_fields``)."""
+        return decision(
+            schedule_id=self.schedule_id, slot=self.slot, key=self.key, holder=self.token
+        )
 
 
 @dataclass
@@ -151,6 +158,9 @@ class FiringCoordinator:
                     claim.slot,
                     schedule_id,
                     claim.holder,
+                    extra=decision(
+                        schedule_id=schedule_id, slot=claim.slot, key=key, holder=claim.holder
+                    ),
                 )
                 return None
             pause = min(poll, claim.lease_left + 0.01)
@@ -163,6 +173,9 @@ class FiringCoordinator:
                     schedule_id,
                     claim.holder,
                     self.wait,
+                    extra=decision(
+                        schedule_id=schedule_id, slot=claim.slot, key=key, holder=claim.holder
+                    ),
                 )
                 return None
             await asyncio.sleep(pause)
@@ -185,6 +198,9 @@ class FiringCoordinator:
                 claim.slot,
                 schedule_id,
                 claim.holder,
+                extra=decision(
+                    schedule_id=schedule_id, slot=claim.slot, key=key, holder=claim.holder
+                ),
             )
         if attempt.behind:
             self.stats.sent_late += 1
@@ -193,6 +209,9 @@ class FiringCoordinator:
                 claim.slot,
                 schedule_id,
                 epoch_seconds(now) - claim.slot,
+                extra=decision(
+                    schedule_id=schedule_id, slot=claim.slot, key=key, holder=self.claims.holder
+                ),
             )
         if claim.previous is not None:
             self._report_missed(schedule_id, trigger, claim.previous, claim.slot)
@@ -210,6 +229,12 @@ class FiringCoordinator:
                 slot,
                 datetime.fromtimestamp(slot, tz=timezone.utc).isoformat(),
                 schedule_id,
+                extra=decision(
+                    schedule_id=schedule_id,
+                    slot=slot,
+                    key=self.keys.firings(schedule_id),
+                    holder=self.claims.holder,
+                ),
             )
 
     async def confirm(self, attempt: Attempt) -> None:
@@ -226,6 +251,7 @@ class FiringCoordinator:
                 "guard drops the second copy",
                 attempt.slot,
                 attempt.schedule_id,
+                extra=attempt.log_fields(),
             )
 
     async def release(self, attempt: Attempt) -> None:

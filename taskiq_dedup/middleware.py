@@ -55,6 +55,7 @@ from taskiq_dedup.labels import (
     parse_slot,
 )
 from taskiq_dedup.leases import Claim, Leases
+from taskiq_dedup.log_fields import decision
 from taskiq_dedup.metrics import MetricsOption, track
 from taskiq_dedup.stats import Counter, DedupStats
 from taskiq_dedup.stock_schedules import StockNaming
@@ -107,6 +108,18 @@ def generation(message: TaskiqMessage) -> int:
 @functools.cache
 def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _decision(message: TaskiqMessage, key: str, holder: str | None) -> dict[str, object]:
+    """Return the structured fields of a decision on ``message``'s key."""
+    labels = message.labels
+    schedule_id = labels.get(SCHEDULE_ID_LABEL)
+    return decision(
+        schedule_id=None if schedule_id is None else str(schedule_id),
+        slot=parse_slot(labels.get(SLOT_LABEL)) if schedule_id is not None else None,
+        key=key,
+        holder=holder,
+    )
 
 
 def _positive(name: str, value: object) -> float:
@@ -310,6 +323,7 @@ class DedupMiddleware(TaskiqMiddleware):
             message.task_name,
             key,
             owner,
+            extra=decision(key=key, holder=owner),
         )
         return skip.skip(message.model_copy(update={"task_id": owner}), "echo")
 
@@ -340,6 +354,7 @@ class DedupMiddleware(TaskiqMiddleware):
                 message.task_name,
                 key,
                 owner,
+                extra=decision(key=key, holder=owner),
             )
             message.task_id = owner
 
@@ -360,6 +375,7 @@ class DedupMiddleware(TaskiqMiddleware):
                     "deduplicated: add DedupMiddleware to the scheduler's broker",
                     labels[SCHEDULE_ID_LABEL],
                     SLOT_LABEL,
+                    extra=decision(schedule_id=str(labels[SCHEDULE_ID_LABEL])),
                 )
             return None
         if IDEMPOTENCY_KEY_LABEL in labels:
@@ -406,6 +422,7 @@ class DedupMiddleware(TaskiqMiddleware):
                     key,
                     claim.holder_task_id,
                     claim.holder_worker,
+                    extra=_decision(message, key, claim.holder_task_id),
                 )
             return message
         return self._drop(message, key, claim)
@@ -427,6 +444,7 @@ class DedupMiddleware(TaskiqMiddleware):
             claim.holder_task_id,
             claim.holder_worker,
             "; not acknowledged now: it comes back later" if deferred else "",
+            extra=_decision(message, key, claim.holder_task_id),
         )
         return skip.skip(message, "deferred" if deferred else "duplicate")
 
@@ -474,6 +492,7 @@ class DedupMiddleware(TaskiqMiddleware):
             "Lost the lease on %s: this worker stalled past lease_ttl and another "
             "delivery took the key over",
             hold.key,
+            extra=decision(key=hold.key),
         )
 
     def _redis_error(self, action: str, key: str, exc: BaseException) -> None:
@@ -485,4 +504,5 @@ class DedupMiddleware(TaskiqMiddleware):
             self.on_redis_error,
             type(exc).__name__,
             exc,
+            extra=decision(key=key),
         )

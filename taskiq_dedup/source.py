@@ -45,6 +45,7 @@ from taskiq_dedup.identity import schedule_id_for
 from taskiq_dedup.keys import DEFAULT_PREFIX, KeySpace
 from taskiq_dedup.labels import SCHEDULE_ID_LABEL, SLOT_LABEL
 from taskiq_dedup.locks import acquire_lock, release_lock
+from taskiq_dedup.log_fields import decision
 from taskiq_dedup.merge import MergedSchedule, Merger, can_delete, user_set_id
 from taskiq_dedup.metrics import MetricsOption, serve, track
 from taskiq_dedup.triggers import (
@@ -261,6 +262,14 @@ class CompositeScheduleSource(ScheduleSource):
             claim_errors=firing.claim_errors,
         )
 
+    def _fields(self, entry: MergedSchedule) -> dict[str, object]:
+        """Return the ``extra=`` of a log line about ``entry`` before a slot is won."""
+        return decision(
+            schedule_id=entry.schedule_id,
+            key=self.keys.firings(entry.schedule_id),
+            holder=self.claims.holder,
+        )
+
     @property
     def schedules(self) -> Mapping[str, MergedSchedule]:
         """The merged schedules of the last fetch, by public id."""
@@ -364,6 +373,7 @@ class CompositeScheduleSource(ScheduleSource):
             logger.info(
                 "Schedule %s is gone since the last fetch; not sending",
                 task.schedule_id,
+                extra=decision(schedule_id=task.schedule_id),
             )
             raise ScheduledTaskCancelledError
         for origin in entry.origins:
@@ -380,6 +390,7 @@ class CompositeScheduleSource(ScheduleSource):
                     entry.schedule_id,
                     type(exc).__name__,
                     exc,
+                    extra=self._fields(entry),
                 )
                 self._mark_firing(task, entry.schedule_id, due_slots(entry.trigger, now)[-1])
                 return
@@ -389,6 +400,7 @@ class CompositeScheduleSource(ScheduleSource):
                 entry.schedule_id,
                 type(exc).__name__,
                 exc,
+                extra=self._fields(entry),
             )
             raise ScheduledTaskCancelledError from exc
         if attempt is None:
@@ -416,6 +428,7 @@ class CompositeScheduleSource(ScheduleSource):
             "Sending firing %s of schedule %s failed; releasing it for another attempt",
             attempt.slot,
             attempt.schedule_id,
+            extra=attempt.log_fields(),
         )
         try:
             await self.firings.release(attempt)
@@ -426,6 +439,7 @@ class CompositeScheduleSource(ScheduleSource):
                 attempt.slot,
                 attempt.schedule_id,
                 exc,
+                extra=attempt.log_fields(),
             )
         self._send_late(task.schedule_id, delay=RESEND_FIRST_DELAY)
 
@@ -453,6 +467,7 @@ class CompositeScheduleSource(ScheduleSource):
                     attempt.slot,
                     attempt.schedule_id,
                     exc,
+                    extra=attempt.log_fields(),
                 )
             if attempt.behind:
                 self._send_late(task.schedule_id)
@@ -521,6 +536,7 @@ class CompositeScheduleSource(ScheduleSource):
                     "Cannot claim late firings of schedule %s (%s); a later tick retries",
                     entry.schedule_id,
                     exc,
+                    extra=self._fields(entry),
                 )
                 return
             if attempt is None:
@@ -542,6 +558,7 @@ class CompositeScheduleSource(ScheduleSource):
                     entry.schedule_id,
                     type(exc).__name__,
                     exc,
+                    extra=attempt.log_fields(),
                 )
                 try:
                     await self.firings.release(attempt)
@@ -553,6 +570,7 @@ class CompositeScheduleSource(ScheduleSource):
                         "Giving up resending firing %s of schedule %s from this scheduler",
                         attempt.slot,
                         entry.schedule_id,
+                        extra=attempt.log_fields(),
                     )
                     return
                 continue
@@ -564,6 +582,7 @@ class CompositeScheduleSource(ScheduleSource):
                     attempt.slot,
                     entry.schedule_id,
                     exc,
+                    extra=attempt.log_fields(),
                 )
             await self._children_sent(entry)
             if not attempt.behind:

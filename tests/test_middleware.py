@@ -32,6 +32,7 @@ from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend, RedisStreamBr
 from taskiq_dedup import DedupMiddleware, DedupReceiver, skip
 from taskiq_dedup.errors import ConfigurationError, DedupUnavailableError, TaskiqDedupError
 from taskiq_dedup.keys import KeySpace
+from taskiq_dedup.log_fields import FIELDS
 from taskiq_dedup.stats import DedupStats
 from tests.support.clock import FakeClock
 from tests.support.polling import eventually
@@ -281,6 +282,14 @@ async def test_second_copy_of_a_firing_is_dropped_quietly(
     assert key in line
     assert first.task_id in line  # the holder
     assert "done" in line
+    [record] = [r for r in caplog.records if r.getMessage() == line]
+    fields = {name: getattr(record, name) for name in FIELDS}
+    assert fields == {
+        "schedule_id": "nightly",
+        "slot": 1_700_000_000,
+        "key": key,
+        "holder": first.task_id,
+    }
     assert errors(caplog) == []
     skipped_warnings = [r for r in caplog.records if "skipped setting result" in r.getMessage()]
     # The stock receiver's one trade-off: taskiq's own WARNING for the skip.

@@ -22,6 +22,7 @@ from taskiq_dedup import (
     ScheduleInCodeError,
     schedule_id_for,
 )
+from taskiq_dedup.keys import KeySpace
 from taskiq_dedup.triggers import epoch_seconds
 from tests.support.clock import FakeClock, follow_in_taskiq_redis
 from tests.support.firing import fire
@@ -113,7 +114,7 @@ async def test_label_and_redis_copies_merge_into_one(
 
 
 async def test_one_claim_per_firing_across_schedulers(
-    make_source: Factory, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    make_source: Factory, clock: FakeClock, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="taskiq_dedup")
     schedulers = [await make_source(holder=f"s{i}") for i in range(3)]
@@ -139,6 +140,12 @@ async def test_one_claim_per_firing_across_schedulers(
     assert lost
     assert all(r.levelno == logging.INFO and r.exc_info is None for r in lost)
     assert "s0" in lost[0].getMessage()
+    # The structured fields a JSON log handler indexes (docs: "Structured logs"):
+    keys = KeySpace(prefix)
+    for record in lost:
+        assert record.slot in sent  # type: ignore[attr-defined]
+        assert record.key == keys.firings(record.schedule_id)  # type: ignore[attr-defined]
+        assert record.holder.startswith("s0#")  # type: ignore[attr-defined]
 
 
 async def test_environments_are_apart(make_source: Factory, prefix: str, redis: Redis) -> None:
