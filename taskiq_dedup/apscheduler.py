@@ -59,6 +59,7 @@ from taskiq_dedup.identity import content_digest, pinned_id
 from taskiq_dedup.instances import INSTANCE_LEASE, Instance, InstanceLeases
 from taskiq_dedup.keys import DEFAULT_PREFIX, KeySpace
 from taskiq_dedup.leases import Leases
+from taskiq_dedup.log_fields import decision
 from taskiq_dedup.metrics import MetricsOption, track
 from taskiq_dedup.triggers import CLAIM_GRACE, LATE_WINDOW, MAX_CANDIDATES
 
@@ -417,8 +418,8 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
         if self._scheduler is not None:
             self._scheduler.remove_listener(self._run_ended)
         if thread is not None:
-            for decision in list(self._decisions):
-                decision.cancel()
+            for pending in list(self._decisions):
+                pending.cancel()
             try:
                 thread.run(self._close()).result(SHUTDOWN_TIMEOUT)
             except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
@@ -492,6 +493,7 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
                 type(exc).__name__,
                 exc,
                 "running it without a claim" if running else "skipped",
+                extra=decision(schedule_id=schedule_id, slot=int(run_time.timestamp())),
             )
             if running:
                 self._stats.run_without_claim += 1
@@ -557,6 +559,7 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
                 type(exc).__name__,
                 exc,
                 "running it without a lease" if running else "skipped",
+                extra=decision(schedule_id=schedule_id, slot=int(run_time.timestamp())),
             )
             if not running:
                 await self._release(attempt)
@@ -586,6 +589,7 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
                 type(exc).__name__,
                 exc,
                 self._pending_lease,
+                extra=decision(schedule_id=schedule_id, slot=int(run_time.timestamp())),
             )
 
     def _forget(self, job_id: str, run_time: datetime) -> Instance | None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from taskiq_dedup.deadlines import ATTEMPT_TIMEOUT, REDIS_ERRORS, within
 from taskiq_dedup.holding import HEARTBEATS_PER_LEASE
+from taskiq_dedup.log_fields import decision
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -100,6 +101,7 @@ class InstanceLeases:
                 claim.holder_worker,
                 claim.holder_task_id,
                 run,
+                extra=decision(key=key, holder=claim.holder_task_id),
             )
             return None
         instance = Instance(key, token, ended, takeover=claim.verdict == "takeover")
@@ -109,6 +111,7 @@ class InstanceLeases:
                 key,
                 claim.holder_worker,
                 claim.holder_task_id,
+                extra=decision(key=key, holder=claim.holder_task_id),
             )
         self._held.add(instance)
         if self._loop is None or self._loop.done():
@@ -169,4 +172,5 @@ class InstanceLeases:
                     "stalled past the %.0fs lease; two runs may overlap",
                     instance.key,
                     self._lease,
+                    extra=decision(key=instance.key),
                 )
