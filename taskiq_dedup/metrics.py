@@ -78,10 +78,14 @@ class _Collector:
             labels=["schedule_id", "task_name"],
         )
         merged = 0
+        most: dict[tuple[str, str], int] = {}  # one series per schedule, however many sources
         for source in live["scheduler"]:
             for public_id, schedule in _schedules(source).items():
                 merged += 1
-                copies.add_metric([public_id, schedule.task.task_name], len(schedule.origins))
+                labels = (public_id, schedule.task.task_name)
+                most[labels] = max(most.get(labels, 0), len(schedule.origins))
+        for (public_id, task_name), count in most.items():
+            copies.add_metric([public_id, task_name], count)
         yield GaugeMetricFamily(
             f"{NAMESPACE}_schedules",
             "Merged schedules at the composite source's last fetch",

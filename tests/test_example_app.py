@@ -101,6 +101,20 @@ async def test_lists_code_and_startup_schedules_with_origins(client: httpx.Async
         assert before < next_fire <= after + timedelta(minutes=1), schedule
 
 
+async def test_metrics_list_each_schedule_with_its_copies(client: httpx.AsyncClient) -> None:
+    listed = by_task((await client.get("/schedules")).json())
+    response = await client.get("/metrics/")
+    assert response.status_code == 200
+    copies = {
+        line.split("schedule_id=")[1].split('"')[1]: float(line.rpartition(" ")[2])
+        for line in response.text.splitlines()
+        if line.startswith("taskiq_dedup_schedule_copies{")
+    }
+    for schedule in listed.values():
+        assert copies[schedule["id"]] == len(schedule["origins"])
+    assert "taskiq_dedup_scheduler_claimed_total" in response.text
+
+
 async def test_startup_registration_is_harmless(
     monkeypatch: pytest.MonkeyPatch, redis_url: str, prefix: str
 ) -> None:

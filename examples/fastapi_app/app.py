@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
+from prometheus_client import make_asgi_app
 
 from examples.fastapi_app.lifespan import lifespan
 from examples.fastapi_app.routes import router
@@ -29,6 +30,8 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(router)
+    # The composite's, the middleware's and taskiq's own counters (docs/METRICS.md).
+    app.mount("/metrics", make_asgi_app())
     for error in _STATUS:
         app.add_exception_handler(error, _dedup_error)
     return app
