@@ -1,0 +1,161 @@
+"""``taskiq dedup``: the CLI plugin run as real ``taskiq`` subprocesses on a private Redis."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from taskiq.serializers import JSONSerializer
+from taskiq_redis import ListRedisScheduleSource
+
+from taskiq_dedup.claims import FiringClaims
+from taskiq_dedup.cli.output import Result, Table, emit
+from taskiq_dedup.keys import KeySpace
+from tests.support.processes import PROJECT_ROOT
+
+APP = "tests.apps.cli_app"
+CLI_TIMEOUT = 60.0
+
+
+def taskiq(*args: str, redis_url: str, prefix: str) -> subprocess.CompletedProcess[str]:
+    """Run this environment's ``taskiq`` command line with the test app's settings."""
+    return subprocess.run(
+        [sys.executable, "-m", "taskiq", *args],
+        cwd=PROJECT_ROOT,
+        env={"REDIS_URL": redis_url, "DEDUP_PREFIX": prefix, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )
+
+
+def dedup_json(verb: str, *args: str, redis_url: str, prefix: str) -> tuple[int, Any]:
+    done = taskiq("dedup", verb, *args, "--json", redis_url=redis_url, prefix=prefix)
+    assert done.returncode in (0, 1), done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+def store(prefix: str, redis_url: str) -> ListRedisScheduleSource:
+    """The test app's JSON store (``cli_app.json_store``) for this test's prefix."""
+    return ListRedisScheduleSource(
+        redis_url, prefix=f"{prefix}-schedules", serializer=JSONSerializer()
+    )
+
+
+async def add_copies(prefix: str, redis_url: str, count: int, cron: str = "*/5 * * * *") -> None:
+    """Register ``cli:report`` ``count`` more times in the store, each under a new id."""
+    from taskiq import InMemoryBroker  # noqa: PLC0415
+
+    broker = InMemoryBroker()
+
+    @broker.task(task_name="cli:report")
+    async def report() -> None: ...
+
+    source = store(prefix, redis_url)
+    for _ in range(count):
+        await report.kicker().schedule_by_cron(source, cron)
+    await source.shutdown()
+
+
+def test_the_plugin_is_listed_by_taskiq(redis_url: str, prefix: str) -> None:
+    listing = taskiq("--help", redis_url=redis_url, prefix=prefix)
+    assert "dedup" in listing.stdout
+    verbs = taskiq("dedup", "--help", redis_url=redis_url, prefix=prefix)
+    assert verbs.returncode == 0
+    for verb in ("schedules",):
+        assert verb in verbs.stdout
+
+
+async def test_schedules_lists_each_schedule_once_with_every_copy(
+    redis_url: str, prefix: str, redis: Redis
+) -> None:
+    await add_copies(prefix, redis_url, 2)
+    _, data = dedup_json("schedules", f"{APP}:good", redis_url=redis_url, prefix=prefix)
+    [row] = data["schedules"]
+    assert row["task"] == "cli:report"
+    assert row["state"] is None
+    sources = [copy["source"] for copy in row["copies"]]
+    assert sources == ["label"] + [f"ListRedisScheduleSource({prefix}-schedules)"] * 2
+    assert len({copy["id"] for copy in row["copies"]}) == 3
+
+    claims = FiringClaims(redis, "test-host:1")
+    key = KeySpace(prefix).firings(row["content_id"])
+    attempt = claims.new_attempt()
+    claim = await claims.claim(key, attempt, [1_800_000_000], 60_000)
+    assert claim.won
+    _, data = dedup_json("schedules", f"{APP}:good", redis_url=redis_url, prefix=prefix)
+    pending = data["schedules"][0]["state"]
+    assert pending["pending_slot"] == 1_800_000_000
+    assert pending["pending_holder"] == attempt
+    await claims.confirm(key, attempt, 1_800_000_000, 60_000)
+    _, data = dedup_json("schedules", f"{APP}:good", redis_url=redis_url, prefix=prefix)
+    sent = data["schedules"][0]["state"]
+    assert sent["sent_up_to"] == 1_800_000_000
+    assert sent["sent_by"] == attempt
+    assert sent["pending_slot"] is None
+
+
+def test_schedules_prints_plain_text_when_stdout_is_not_a_terminal(
+    redis_url: str, prefix: str
+) -> None:
+    done = taskiq("dedup", "schedules", f"{APP}:good", redis_url=redis_url, prefix=prefix)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "schedules"
+    assert lines[1].split()[:3] == ["id", "task", "trigger"]
+    assert "cli:report" in lines[2]
+    assert "\x1b[" not in done.stdout
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_a_rich_table() -> None:
+    result = Result({}, [Table("schedules", ["id", "task"], [["abc", "cli:report"]])])
+    plain, terminal = io.StringIO(), Terminal()
+    emit(result, as_json=False, out=plain)
+    emit(result, as_json=False, out=terminal)
+    assert "cli:report" in plain.getvalue()
+    assert "cli:report" in terminal.getvalue()
+    assert "┃" not in plain.getvalue()
+    assert "┃" in terminal.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("spec", "named"),
+    [
+        (f"{APP}:nope", f"{APP}:nope"),
+        ("tests.apps.no_such_module:scheduler", "no_such_module"),
+        ("no-colon", "module:variable"),
+        (f"{APP}:not_a_scheduler", "not a TaskiqScheduler"),
+    ],
+)
+def test_a_bad_app_spec_exits_2_naming_it(
+    spec: str, named: str, redis_url: str, prefix: str
+) -> None:
+    done = taskiq("dedup", "schedules", spec, redis_url=redis_url, prefix=prefix)
+    assert done.returncode == 2
+    assert named in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_unreachable_redis_exits_2_without_printing_the_password(prefix: str) -> None:
+    done = taskiq(
+        "dedup",
+        "schedules",
+        f"{APP}:good",
+        redis_url="redis://:hunter2-secret@127.0.0.1:1/0",
+        prefix=prefix,
+    )
+    assert done.returncode == 2
+    assert "127.0.0.1:1" in done.stderr
+    assert "unreachable" in done.stderr
+    assert "hunter2" not in done.stderr + done.stdout
