@@ -6,17 +6,23 @@ import io
 import json
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from taskiq import ScheduledTask
 from taskiq.serializers import JSONSerializer
 from taskiq_redis import ListRedisScheduleSource
 
 from taskiq_dedup.claims import FiringClaims
+from taskiq_dedup.cli import server_checks
 from taskiq_dedup.cli.output import Result, Table, emit
 from taskiq_dedup.keys import KeySpace
+from taskiq_dedup.triggers import MAX_CLOCK_SKEW
 from tests.support.processes import PROJECT_ROOT
+from tests.support.redis_server import RedisServer
 
 APP = "tests.apps.cli_app"
 CLI_TIMEOUT = 60.0
@@ -68,7 +74,7 @@ def test_the_plugin_is_listed_by_taskiq(redis_url: str, prefix: str) -> None:
     assert "dedup" in listing.stdout
     verbs = taskiq("dedup", "--help", redis_url=redis_url, prefix=prefix)
     assert verbs.returncode == 0
-    for verb in ("schedules",):
+    for verb in ("schedules", "doctor"):
         assert verb in verbs.stdout
 
 
@@ -159,3 +165,117 @@ def test_unreachable_redis_exits_2_without_printing_the_password(prefix: str) ->
     assert "127.0.0.1:1" in done.stderr
     assert "unreachable" in done.stderr
     assert "hunter2" not in done.stderr + done.stdout
+
+
+# ---------------------------------------------------------------- doctor
+
+
+@pytest.fixture(scope="module")
+def durable_url() -> Iterator[str]:
+    """A private server configured as the README asks: appendonly, noeviction."""
+    server = RedisServer(extra_args=["--appendonly", "yes"]).start()
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+def doctor(app: str, redis_url: str, prefix: str) -> tuple[int, dict[str, str]]:
+    """Run ``doctor --json``; return its status and its findings by check name."""
+    status, data = dedup_json("doctor", f"{APP}:{app}", redis_url=redis_url, prefix=prefix)
+    assert data["ok"] is (status == 0)
+    return status, {f["check"]: f["level"] for f in data["findings"]}
+
+
+def test_doctor_passes_the_readme_setup(durable_url: str, prefix: str) -> None:
+    status, findings = doctor("good", durable_url, prefix)
+    assert (status, findings) == (0, {})
+
+
+@pytest.mark.parametrize(
+    ("app", "check", "status"),
+    [
+        ("unwrapped", "unwrapped-source", 1),
+        ("no_middleware", "middleware-missing", 1),
+        ("middleware_not_last", "middleware-order", 0),
+        ("idle_workers_die", "idle-workers-die", 1),
+        ("short_idle_timeout", "stream-idle-timeout", 1),
+        ("pickling", "pickling-store", 0),
+    ],
+)
+def test_doctor_names_each_misconfigured_app(
+    app: str, check: str, status: int, durable_url: str, prefix: str
+) -> None:
+    found_status, findings = doctor(app, durable_url, prefix)
+    assert check in findings
+    assert found_status == status
+    assert findings[check] == ("error" if status else "warning")
+
+
+async def test_doctor_reports_copies_merged_or_firing(durable_url: str, prefix: str) -> None:
+    await add_copies(prefix, durable_url, 2)
+    status, findings = doctor("good", durable_url, prefix)
+    assert (status, findings) == (0, {"copies": "warning"})
+    status, findings = doctor("unwrapped", durable_url, prefix)
+    assert status == 1
+    assert findings["copies"] == "error"
+
+
+async def test_doctor_reports_another_environments_schedule(durable_url: str, prefix: str) -> None:
+    source = store(prefix, durable_url)
+    await source.add_schedule(
+        ScheduledTask(task_name="billing:invoice", labels={}, args=[], kwargs={}, cron="0 * * * *")
+    )
+    await source.shutdown()
+    status, findings = doctor("good", durable_url, prefix)
+    assert (status, findings) == (0, {"foreign-schedule": "warning"})
+
+
+async def test_doctor_reports_a_store_it_cannot_read(durable_url: str, prefix: str) -> None:
+    pickled = ListRedisScheduleSource(durable_url, prefix=f"{prefix}-schedules")  # pickle
+    await pickled.add_schedule(
+        ScheduledTask(task_name="cli:plain", labels={}, args=[1], kwargs={}, cron="0 * * * *")
+    )
+    await pickled.shutdown()
+    status, findings = doctor("good", durable_url, prefix)
+    assert status == 1
+    assert findings == {"source-fails": "error"}
+
+
+@pytest.mark.parametrize(
+    ("args", "check", "level"),
+    [
+        (["--save", "", "--appendonly", "no"], "persistence", "error"),
+        (["--save", "3600 1", "--appendonly", "no"], "persistence", "warning"),
+        (["--appendonly", "yes", "--maxmemory-policy", "allkeys-lru"], "eviction", "error"),
+    ],
+)
+def test_doctor_checks_the_redis_server(
+    args: list[str], check: str, level: str, redis_servers: list[RedisServer], prefix: str
+) -> None:
+    server = RedisServer(extra_args=args).start()
+    redis_servers.append(server)
+    status, findings = doctor("good", server.url, prefix)
+    assert findings == {check: level}
+    assert status == (1 if level == "error" else 0)
+
+
+async def test_doctor_compares_this_hosts_clock_with_redis(redis: Redis) -> None:
+    assert await server_checks.clock(redis, "here") == []
+    ahead = MAX_CLOCK_SKEW.total_seconds() + 5
+    [finding] = await server_checks.clock(redis, "here", now=lambda: time.time() + ahead)
+    assert (finding.check, finding.level) == ("clock-skew", "error")
+    assert "ahead of" in finding.problem
+    [finding] = await server_checks.clock(redis, "here", now=lambda: time.time() - ahead)
+    assert "behind" in finding.problem
+
+
+def test_doctor_prints_one_line_per_finding_with_its_fix(redis_url: str, prefix: str) -> None:
+    done = taskiq("dedup", "doctor", f"{APP}:no_middleware", redis_url=redis_url, prefix=prefix)
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    assert any(
+        line.startswith("ERROR [middleware-missing]") and "Fix: broker.with_middlewares" in line
+        for line in lines
+    )
+    assert lines[-1].startswith("2 error(s)")
