@@ -74,7 +74,7 @@ def test_the_plugin_is_listed_by_taskiq(redis_url: str, prefix: str) -> None:
     assert "dedup" in listing.stdout
     verbs = taskiq("dedup", "--help", redis_url=redis_url, prefix=prefix)
     assert verbs.returncode == 0
-    for verb in ("schedules", "doctor"):
+    for verb in ("schedules", "doctor", "prune"):
         assert verb in verbs.stdout
 
 
@@ -279,3 +279,63 @@ def test_doctor_prints_one_line_per_finding_with_its_fix(redis_url: str, prefix:
         for line in lines
     )
     assert lines[-1].startswith("2 error(s)")
+
+
+# ---------------------------------------------------------------- prune
+
+
+async def stored(prefix: str, redis_url: str) -> list[ScheduledTask]:
+    source = store(prefix, redis_url)
+    try:
+        return await source.get_schedules()
+    finally:
+        await source.shutdown()
+
+
+async def add_plain(prefix: str, redis_url: str, ids: list[str | None]) -> None:
+    """Register ``cli:plain(7)`` hourly once per entry of ``ids`` (``None``: a generated id)."""
+    source = store(prefix, redis_url)
+    for schedule_id in ids:
+        task = ScheduledTask(
+            task_name="cli:plain", labels={}, args=[7], kwargs={}, cron="0 * * * *"
+        )
+        if schedule_id is not None:
+            task.schedule_id = schedule_id
+        await source.add_schedule(task)
+    await source.shutdown()
+
+
+async def test_prune_dry_run_changes_nothing_and_apply_leaves_the_decorator_copy(
+    redis_url: str, prefix: str
+) -> None:
+    await add_copies(prefix, redis_url, 3)
+    before = sorted(t.schedule_id for t in await stored(prefix, redis_url))
+    dry = taskiq("dedup", "prune", f"{APP}:good", redis_url=redis_url, prefix=prefix)
+    assert dry.returncode == 0, dry.stderr
+    assert "3 copies would delete; run again with --apply" in dry.stdout
+    assert all(copy_id in dry.stdout for copy_id in before)
+    assert sorted(t.schedule_id for t in await stored(prefix, redis_url)) == before
+
+    _, data = dedup_json("prune", f"{APP}:good", "--apply", redis_url=redis_url, prefix=prefix)
+    assert sorted(row["id"] for row in data["copies"]) == before
+    assert await stored(prefix, redis_url) == []
+    _, listing = dedup_json("schedules", f"{APP}:good", redis_url=redis_url, prefix=prefix)
+    [row] = listing["schedules"]
+    assert [copy["source"] for copy in row["copies"]] == ["label"]
+
+
+async def test_prune_apply_leaves_exactly_one_stored_copy(redis_url: str, prefix: str) -> None:
+    await add_plain(prefix, redis_url, [None, None, None])
+    first = (await stored(prefix, redis_url))[0].schedule_id
+    _, data = dedup_json("prune", f"{APP}:good", "--apply", redis_url=redis_url, prefix=prefix)
+    assert len(data["copies"]) == 2
+    assert [t.schedule_id for t in await stored(prefix, redis_url)] == [first]
+    _, again = dedup_json("prune", f"{APP}:good", "--apply", redis_url=redis_url, prefix=prefix)
+    assert again["copies"] == []
+
+
+async def test_prune_keeps_the_copy_that_names_the_schedule(redis_url: str, prefix: str) -> None:
+    await add_plain(prefix, redis_url, [None, "nightly-plain", None])
+    _, data = dedup_json("prune", f"{APP}:good", "--apply", redis_url=redis_url, prefix=prefix)
+    assert len(data["copies"]) == 2
+    assert [t.schedule_id for t in await stored(prefix, redis_url)] == ["nightly-plain"]
