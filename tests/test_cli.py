@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,10 +23,12 @@ from taskiq_dedup.cli import server_checks
 from taskiq_dedup.cli.output import Result, Table, emit
 from taskiq_dedup.keys import KeySpace
 from taskiq_dedup.triggers import MAX_CLOCK_SKEW
+from tests.reliability.app import evil_pickle
 from tests.support.processes import PROJECT_ROOT
 from tests.support.redis_server import RedisServer
 
 APP = "tests.apps.cli_app"
+UTC = timezone.utc
 CLI_TIMEOUT = 60.0
 
 
@@ -74,7 +78,7 @@ def test_the_plugin_is_listed_by_taskiq(redis_url: str, prefix: str) -> None:
     assert "dedup" in listing.stdout
     verbs = taskiq("dedup", "--help", redis_url=redis_url, prefix=prefix)
     assert verbs.returncode == 0
-    for verb in ("schedules", "doctor", "prune"):
+    for verb in ("schedules", "doctor", "prune", "migrate"):
         assert verb in verbs.stdout
 
 
@@ -339,3 +343,54 @@ async def test_prune_keeps_the_copy_that_names_the_schedule(redis_url: str, pref
     _, data = dedup_json("prune", f"{APP}:good", "--apply", redis_url=redis_url, prefix=prefix)
     assert len(data["copies"]) == 2
     assert [t.schedule_id for t in await stored(prefix, redis_url)] == ["nightly-plain"]
+
+
+# ---------------------------------------------------------------- migrate
+
+
+def pickle_store(prefix: str, redis_url: str) -> ListRedisScheduleSource:
+    """The test app's pickling store (``cli_app.pickle_store``): taskiq-redis's default."""
+    return ListRedisScheduleSource(redis_url, prefix=f"{prefix}-schedules-pickled")
+
+
+async def test_migrate_rewrites_pickles_as_json_that_taskiq_redis_reads(
+    redis_url: str, prefix: str, redis: Redis, tmp_path: Path
+) -> None:
+    cron = ScheduledTask(
+        task_name="cli:plain", labels={"q": "x"}, args=[7], kwargs={}, cron="0 * * * *"
+    )
+    later = ScheduledTask(
+        task_name="cli:plain", labels={}, args=[8], kwargs={}, time=datetime(2100, 1, 1, tzinfo=UTC)
+    )
+    old = pickle_store(prefix, redis_url)
+    for task in (cron, later):
+        await old.add_schedule(task)
+    await old.shutdown()
+    sentinel = tmp_path / "unpickled"
+    evil_key = f"{prefix}-schedules-pickled:data:evil"
+    await redis.set(evil_key, evil_pickle(str(sentinel)))
+    keys = [f"{prefix}-schedules-pickled:data:{t.schedule_id}" for t in (cron, later)]
+    before = [await redis.get(key) for key in keys]
+
+    dry = taskiq("dedup", "migrate", f"{APP}:pickling", redis_url=redis_url, prefix=prefix)
+    assert dry.returncode == 0, dry.stderr
+    assert "3 pickled schedule(s) in 1 store(s); run again with --apply" in dry.stdout
+    assert [await redis.get(key) for key in keys] == before
+    assert not sentinel.exists()  # a dry run reads no pickle
+
+    _, data = dedup_json(
+        "migrate", f"{APP}:pickling", "--apply", redis_url=redis_url, prefix=prefix
+    )
+    outcomes = {row["key"]: row["outcome"] for row in data["entries"]}
+    assert outcomes[keys[0]] == outcomes[keys[1]] == "rewritten"
+    assert outcomes[evil_key].startswith("left: not a schedule")
+    json_store = ListRedisScheduleSource(
+        redis_url, prefix=f"{prefix}-schedules-pickled", serializer=JSONSerializer()
+    )
+    await redis.delete(evil_key)
+    assert await json_store.get_schedules() == [cron]  # the one-off is listed from its minute
+    raw = await redis.get(keys[1])
+    assert ScheduledTask.model_validate(json.loads(raw)) == later
+    await json_store.shutdown()
+    _, again = dedup_json("migrate", f"{APP}:pickling", redis_url=redis_url, prefix=prefix)
+    assert again["entries"] == []
