@@ -24,7 +24,7 @@ from taskiq_dedup.cli.output import Result, Table, emit
 from taskiq_dedup.keys import KeySpace
 from taskiq_dedup.triggers import MAX_CLOCK_SKEW
 from tests.reliability.app import evil_pickle
-from tests.support.processes import PROJECT_ROOT
+from tests.support.processes import PROJECT_ROOT, ProcessGroup, wait_until
 from tests.support.redis_server import RedisServer
 
 APP = "tests.apps.cli_app"
@@ -78,7 +78,7 @@ def test_the_plugin_is_listed_by_taskiq(redis_url: str, prefix: str) -> None:
     assert "dedup" in listing.stdout
     verbs = taskiq("dedup", "--help", redis_url=redis_url, prefix=prefix)
     assert verbs.returncode == 0
-    for verb in ("schedules", "doctor", "prune", "migrate"):
+    for verb in ("schedules", "doctor", "prune", "migrate", "history"):
         assert verb in verbs.stdout
 
 
@@ -394,3 +394,56 @@ async def test_migrate_rewrites_pickles_as_json_that_taskiq_redis_reads(
     await json_store.shutdown()
     _, again = dedup_json("migrate", f"{APP}:pickling", redis_url=redis_url, prefix=prefix)
     assert again["entries"] == []
+
+
+# ---------------------------------------------------------------- history
+
+
+@pytest.mark.processes
+async def test_history_shows_the_last_firing_sent_and_run_by_real_processes(
+    redis_url: str, prefix: str, processes: ProcessGroup
+) -> None:
+    source = store(prefix, redis_url)
+    every_2s = ScheduledTask(
+        task_name="cli:plain", labels={}, args=[9], kwargs={}, interval=2, schedule_id="every-2s"
+    )
+    await source.add_schedule(every_2s)
+    await source.shutdown()
+    env = {"REDIS_URL": redis_url, "DEDUP_PREFIX": prefix}
+    processes.env.update(env)
+    processes.taskiq(
+        "worker",
+        *("worker", f"{APP}:good_broker", APP, "--workers", "1"),
+        *("--receiver", "taskiq_dedup:DedupReceiver"),
+    )
+    processes.scheduler(f"{APP}:good", APP, "--skip-first-run")
+
+    def ran() -> dict[str, Any] | None:
+        _, data = dedup_json(
+            "history", f"{APP}:good", "--id", "every-2s", redis_url=redis_url, prefix=prefix
+        )
+        [row] = data["schedules"]
+        guard = row["worker_guard"]
+        return row if guard and guard["state"] == "done" else None
+
+    wait_until(ran, timeout=60, interval=0.5, message=processes.logs())
+    row = ran()
+    assert row is not None
+    assert row["id"] == "every-2s"
+    assert row["state"]["sent_up_to"] % 2 == 0  # an interval bucket
+    assert row["state"]["sent_by"]
+    assert row["worker_guard"]["worker"]
+    done = taskiq(
+        "dedup", "history", f"{APP}:good", "--id", "every-2s", redis_url=redis_url, prefix=prefix
+    )
+    assert "there is no firing ledger yet" in done.stdout
+    assert "done on " in done.stdout
+    processes.stop_all()
+
+
+def test_history_of_an_unknown_id_says_so(redis_url: str, prefix: str) -> None:
+    done = taskiq(
+        "dedup", "history", f"{APP}:good", "--id", "nope", redis_url=redis_url, prefix=prefix
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no schedule answers to id 'nope'" in done.stdout

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from taskiq.abc.cmd import TaskiqCMD
 
-from taskiq_dedup.cli import doctor, migrate, prune, schedules
+from taskiq_dedup.cli import doctor, history, migrate, prune, schedules
 from taskiq_dedup.cli.errors import USAGE_ERROR, CommandError
 from taskiq_dedup.cli.loader import load
 from taskiq_dedup.cli.output import emit
@@ -30,6 +30,7 @@ VERBS: dict[str, ModuleType] = {
     "doctor": doctor,
     "prune": prune,
     "migrate": migrate,
+    "history": history,
 }
 
 

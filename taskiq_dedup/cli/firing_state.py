@@ -58,12 +58,16 @@ class FiringState:
         return f"{slot_text(self.pending_slot)} by {self.holder}{lease}"
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
 def _int(value: str | None) -> int | None:
     return int(value) if value else None
 
 
-def _parse(raw: dict[bytes, bytes], now_ms: int) -> FiringState | None:
-    fields = {k.decode(): v.decode("utf-8", "replace") for k, v in raw.items()}
+def _parse(raw: dict[bytes | str, bytes | str], now_ms: int) -> FiringState | None:
+    fields = {_text(k): _text(v) for k, v in raw.items()}
     if not fields:
         return None
     holder = fields.get("holder", "")

@@ -62,6 +62,11 @@ def good() -> TaskiqScheduler:
     return TaskiqScheduler(broker, [_composite([LabelScheduleSource(broker), json_store()])])
 
 
+def good_broker() -> AsyncBroker:
+    """The README's broker, for ``taskiq worker``."""
+    return good().broker
+
+
 def unwrapped() -> TaskiqScheduler:
     """taskiq as shipped: the label and the store are the scheduler's own sources."""
     broker = _guarded(_broker())
