@@ -200,6 +200,7 @@ def test_doctor_passes_the_readme_setup(durable_url: str, prefix: str) -> None:
     ("app", "check", "status"),
     [
         ("unwrapped", "unwrapped-source", 1),
+        ("half_wrapped", "unwrapped-source", 1),
         ("no_middleware", "middleware-missing", 1),
         ("middleware_not_last", "middleware-order", 0),
         ("idle_workers_die", "idle-workers-die", 1),
@@ -447,3 +448,12 @@ def test_history_of_an_unknown_id_says_so(redis_url: str, prefix: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "no schedule answers to id 'nope'" in done.stdout
+
+
+def test_schedules_names_the_sources_it_does_not_show(redis_url: str, prefix: str) -> None:
+    done = taskiq("dedup", "schedules", f"{APP}:half_wrapped", redis_url=redis_url, prefix=prefix)
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"not shown: sources outside the CompositeScheduleSource "
+        f"(ListRedisScheduleSource({prefix}-schedules))" in done.stdout
+    )

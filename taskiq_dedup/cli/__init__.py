@@ -19,8 +19,9 @@ from taskiq.abc.cmd import TaskiqCMD
 
 from taskiq_dedup.cli import doctor, history, migrate, prune, schedules
 from taskiq_dedup.cli.errors import USAGE_ERROR, CommandError
-from taskiq_dedup.cli.loader import load
-from taskiq_dedup.cli.output import emit
+from taskiq_dedup.cli.loader import App, load
+from taskiq_dedup.cli.output import Result, emit
+from taskiq_dedup.deadlines import REDIS_ERRORS
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -58,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+async def _run(verb: ModuleType, app: App, args: argparse.Namespace) -> Result:
+    """Run ``verb``; close the clients the broker's ``DedupMiddleware`` made."""
+    try:
+        result: Result = await verb.run(app, args)
+    finally:
+        for guard in app.middlewares:
+            await guard.shutdown()
+    return result
+
+
 def main(argv: Sequence[str]) -> int:
     """Run one verb; return its exit status (2 when it could not run)."""
     args = build_parser().parse_args(list(argv))
@@ -73,9 +84,14 @@ def main(argv: Sequence[str]) -> int:
             fs_discover=args.fs_discover,
             tasks_pattern=args.tasks_pattern or ["**/tasks.py"],
         )
-        result = asyncio.run(verb.run(app, args))
+        result = asyncio.run(_run(verb, app, args))
     except CommandError as exc:
         sys.stderr.write(f"taskiq dedup {args.verb}: error: {exc}\n")
+        return USAGE_ERROR
+    except REDIS_ERRORS as exc:
+        sys.stderr.write(
+            f"taskiq dedup {args.verb}: error: Redis failed: {type(exc).__name__}: {exc}\n"
+        )
         return USAGE_ERROR
     emit(result, as_json=args.json)
     status: int = result.status

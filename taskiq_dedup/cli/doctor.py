@@ -31,12 +31,12 @@ async def run(app: App, args: argparse.Namespace) -> Result:
     """Run every check; exit status 1 when an error was found."""
     findings: list[Finding] = [*config_checks.sources(app), *config_checks.middleware(app)]
     findings.extend(config_checks.broker(app))
-    clients = {id(c.redis): c.redis for c in app.composites}
-    if not clients:
-        clients = {id(g.redis): g.redis for g in app.middlewares}
-    for redis in clients.values():
+    clients = {
+        redis_target(redis): redis
+        for redis in [*(c.redis for c in app.composites), *(g.redis for g in app.middlewares)]
+    }
+    for where, redis in clients.items():
         await reach(redis)
-        where = redis_target(redis)
         findings.extend(await server_checks.server(redis, where))
         findings.extend(await server_checks.clock(redis, where))
     async with opened(app, need_composite=False) as views:

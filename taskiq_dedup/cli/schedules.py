@@ -74,4 +74,10 @@ async def run(app: App, args: argparse.Namespace) -> Result:
                     ],
                 )
     lines = [] if rows else ["no schedules"]
+    if app.unwrapped:
+        lines.append(
+            "not shown: sources outside the CompositeScheduleSource ("
+            + ", ".join(describe_source(s) for s in app.unwrapped)
+            + "); see `taskiq dedup doctor`",
+        )
     return Result({"schedules": rows}, [table] if rows else [], lines)

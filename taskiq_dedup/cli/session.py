@@ -117,8 +117,8 @@ async def opened(app: App, *, need_composite: bool = True) -> AsyncIterator[list
         yield views
     finally:
         for source in reversed(started):
-            with contextlib.suppress(Exception):
-                await source.shutdown()
-        for composite in composites:
-            if composite._owns_redis:  # close only what the source made
-                await composite.redis.aclose()
+            if all(source not in c.sources for c in composites):
+                with contextlib.suppress(Exception):
+                    await source.shutdown()
+        for composite in composites:  # stops its children, closes the client it made
+            await composite.shutdown()

@@ -73,6 +73,12 @@ def unwrapped() -> TaskiqScheduler:
     return TaskiqScheduler(broker, [LabelScheduleSource(broker), json_store()])
 
 
+def half_wrapped() -> TaskiqScheduler:
+    """A composite over the label source, and the store beside it, unwrapped."""
+    broker = _guarded(_broker())
+    return TaskiqScheduler(broker, [_composite([LabelScheduleSource(broker)]), json_store()])
+
+
 def pickling() -> TaskiqScheduler:
     """A composite over a store that pickles."""
     broker = _guarded(_broker())
