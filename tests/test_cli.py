@@ -129,14 +129,21 @@ class Terminal(io.StringIO):
 
 
 def test_a_terminal_gets_a_rich_table() -> None:
-    result = Result({}, [Table("schedules", ["id", "task"], [["abc", "cli:report"]])])
+    long_id = "c94bf7b7a95ebb0f94777addd6d90815" * 4
+    result = Result({}, [Table("schedules", ["id", "task"], [[long_id, "cli:report"]])])
     plain, terminal = io.StringIO(), Terminal()
     emit(result, as_json=False, out=plain)
     emit(result, as_json=False, out=terminal)
-    assert "cli:report" in plain.getvalue()
+    assert long_id in plain.getvalue()
     assert "cli:report" in terminal.getvalue()
     assert "┃" not in plain.getvalue()
     assert "┃" in terminal.getvalue()
+    folded = "".join(
+        line.strip("│┃ ").split("│")[0].strip()
+        for line in terminal.getvalue().splitlines()
+        if line.startswith("│")
+    )
+    assert long_id in folded  # folded over lines on a narrow terminal, never cut
 
 
 @pytest.mark.parametrize(

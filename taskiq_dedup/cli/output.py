@@ -49,7 +49,7 @@ def _plain(table: Table, out: TextIO) -> None:
 def _rich(table: Table, console: Console) -> None:
     shown = RichTable(title=table.title, title_justify="left")
     for column in table.columns:
-        shown.add_column(column)
+        shown.add_column(column, overflow="fold")  # ids are copied from here: never cut
     for row in table.rows:
         shown.add_row(*row)
     console.print(shown)
@@ -62,7 +62,7 @@ def emit(result: Result, *, as_json: bool, out: TextIO | None = None) -> None:
         json.dump(result.data, stream, indent=2, sort_keys=True, default=str)
         stream.write("\n")
         return
-    console = Console(file=stream, soft_wrap=True) if stream.isatty() else None
+    console = Console(file=stream) if stream.isatty() else None
     for table in result.tables:
         if console is not None:
             _rich(table, console)
