@@ -7,9 +7,6 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table as RichTable
-
 if TYPE_CHECKING:
     from typing import TextIO
 
@@ -46,13 +43,19 @@ def _plain(table: Table, out: TextIO) -> None:
         out.write("\n")
 
 
-def _rich(table: Table, console: Console) -> None:
-    shown = RichTable(title=table.title, title_justify="left")
-    for column in table.columns:
-        shown.add_column(column, overflow="fold")  # ids are copied from here: never cut
-    for row in table.rows:
-        shown.add_row(*row)
-    console.print(shown)
+def _rich(tables: list[Table], out: TextIO) -> None:
+    # Imported here: every ``taskiq`` command loads this plugin to list it.
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table as RichTable  # noqa: PLC0415
+
+    console = Console(file=out)
+    for table in tables:
+        shown = RichTable(title=table.title, title_justify="left")
+        for column in table.columns:
+            shown.add_column(column, overflow="fold")  # ids are copied from here: never cut
+        for row in table.rows:
+            shown.add_row(*row)
+        console.print(shown)
 
 
 def emit(result: Result, *, as_json: bool, out: TextIO | None = None) -> None:
@@ -62,11 +65,10 @@ def emit(result: Result, *, as_json: bool, out: TextIO | None = None) -> None:
         json.dump(result.data, stream, indent=2, sort_keys=True, default=str)
         stream.write("\n")
         return
-    console = Console(file=stream) if stream.isatty() else None
-    for table in result.tables:
-        if console is not None:
-            _rich(table, console)
-        else:
+    if stream.isatty():
+        _rich(result.tables, stream)
+    else:
+        for table in result.tables:
             _plain(table, stream)
     for line in result.lines:
         stream.write(line + "\n")
