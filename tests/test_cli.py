@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -26,17 +27,20 @@ from taskiq_dedup.triggers import MAX_CLOCK_SKEW
 from tests.reliability.app import evil_pickle
 from tests.support.processes import PROJECT_ROOT, ProcessGroup, wait_until
 from tests.support.redis_server import RedisServer
+from tests.test_readme import block
 
 APP = "tests.apps.cli_app"
 UTC = timezone.utc
 CLI_TIMEOUT = 60.0
 
 
-def taskiq(*args: str, redis_url: str, prefix: str) -> subprocess.CompletedProcess[str]:
+def taskiq(
+    *args: str, redis_url: str, prefix: str, cwd: Path = PROJECT_ROOT
+) -> subprocess.CompletedProcess[str]:
     """Run this environment's ``taskiq`` command line with the test app's settings."""
     return subprocess.run(
         [sys.executable, "-m", "taskiq", *args],
-        cwd=PROJECT_ROOT,
+        cwd=cwd,
         env={"REDIS_URL": redis_url, "DEDUP_PREFIX": prefix, "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
@@ -201,6 +205,22 @@ def doctor(app: str, redis_url: str, prefix: str) -> tuple[int, dict[str, str]]:
 def test_doctor_passes_the_readme_setup(durable_url: str, prefix: str) -> None:
     status, findings = doctor("good", durable_url, prefix)
     assert (status, findings) == (0, {})
+
+
+def test_doctor_passes_the_readme_quick_start_as_written(durable_url: str, tmp_path: Path) -> None:
+    (tmp_path / "tkq.py").write_text(block("# tkq.py\n"))
+    (tmp_path / "register.py").write_text(block("# register.py"))
+    env = {**os.environ, "REDIS_URL": durable_url, "PYTHONPATH": str(tmp_path)}
+    for _ in range(2):  # two start-ups register the same schedule
+        subprocess.run([sys.executable, "register.py"], cwd=tmp_path, env=env, check=True)
+    done = taskiq(
+        *("dedup", "doctor", "tkq:scheduler", "tkq", "--json"),
+        redis_url=durable_url,
+        prefix="unused",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout) == {"ok": True, "findings": []}
 
 
 @pytest.mark.parametrize(
