@@ -489,3 +489,13 @@ def test_schedules_names_the_sources_it_does_not_show(redis_url: str, prefix: st
         f"not shown: sources outside the CompositeScheduleSource "
         f"(ListRedisScheduleSource({prefix}-schedules))" in done.stdout
     )
+
+
+def test_a_verb_needing_a_composite_source_names_the_scheduler_without_one(
+    redis_url: str, prefix: str
+) -> None:
+    for verb in ("schedules", "prune", "history"):
+        done = taskiq("dedup", verb, f"{APP}:unwrapped", redis_url=redis_url, prefix=prefix)
+        assert done.returncode == 2
+        assert f"{APP}:unwrapped has no CompositeScheduleSource" in done.stderr
+        assert "taskiq dedup doctor" in done.stderr
