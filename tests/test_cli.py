@@ -499,3 +499,16 @@ def test_a_verb_needing_a_composite_source_names_the_scheduler_without_one(
         assert done.returncode == 2
         assert f"{APP}:unwrapped has no CompositeScheduleSource" in done.stderr
         assert "taskiq dedup doctor" in done.stderr
+
+
+def test_doctor_names_a_password_protected_redis_without_its_password(
+    redis_servers: list[RedisServer], prefix: str
+) -> None:
+    secret = "s3cret-pw"  # noqa: S105 -- a private test server's
+    server = RedisServer(password=secret).start()  # persistence off: a finding names it
+    redis_servers.append(server)
+    url = f"redis://:{secret}@127.0.0.1:{server.port}/0"
+    done = taskiq("dedup", "doctor", f"{APP}:good", redis_url=url, prefix=prefix)
+    assert done.returncode == 1, done.stderr
+    assert f"Redis at redis://***@127.0.0.1:{server.port}/0 has persistence off" in done.stdout
+    assert secret not in done.stdout + done.stderr
