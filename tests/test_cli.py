@@ -512,3 +512,18 @@ def test_doctor_names_a_password_protected_redis_without_its_password(
     assert done.returncode == 1, done.stderr
     assert f"Redis at redis://***@127.0.0.1:{server.port}/0 has persistence off" in done.stdout
     assert secret not in done.stdout + done.stderr
+
+
+async def test_prune_reports_a_repeated_id_it_cannot_delete_alone(
+    redis_url: str, prefix: str
+) -> None:
+    await add_plain(prefix, redis_url, ["hourly-plain", "hourly-plain"])
+    assert len(await stored(prefix, redis_url)) == 2  # one data key, listed twice
+    done = taskiq("dedup", "prune", f"{APP}:good", "--apply", redis_url=redis_url, prefix=prefix)
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"not pruned: ListRedisScheduleSource({prefix}-schedules) lists id hourly-plain"
+        in done.stdout
+    )
+    assert "0 copies deleted" in done.stdout
+    assert len(await stored(prefix, redis_url)) == 2
