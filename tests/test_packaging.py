@@ -22,7 +22,7 @@ def normalise(name: str) -> str:
 def imported_top_modules() -> set[str]:
     """Top-level modules the package imports (TYPE_CHECKING imports included)."""
     tops: set[str] = set()
-    for path in PACKAGE.glob("*.py"):
+    for path in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
             if isinstance(node, ast.Import):
                 tops.update(alias.name.split(".")[0] for alias in node.names)
@@ -98,7 +98,7 @@ def test_an_extras_imports_are_declared_by_that_extra(top: str) -> None:
     extra, module = EXTRA_MODULES[top]
     owners = module_owners()
     assert owners[top] & declared_extra_distributions(extra)
-    for path in PACKAGE.glob("*.py"):
+    for path in PACKAGE.rglob("*.py"):
         if path.name != module:
             assert top not in {
                 alias.name.split(".")[0]

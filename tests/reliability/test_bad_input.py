@@ -336,12 +336,16 @@ async def test_a_corrupt_entry_does_not_hide_the_healthy_ones_of_its_store(
 
 
 def test_the_package_never_unpickles() -> None:
-    """No module of the package loads pickles (it only recognises the serializer)."""
+    """No module of the package loads pickles (it only recognises the serializer), but
+    ``taskiq dedup migrate --apply``, which an operator runs to convert a pickling store."""
     package = Path(__file__).resolve().parents[2] / "taskiq_dedup"
-    loading = re.compile(r"pickle\.loads?\(|\.loadb\(|Unpickler|marshal\.loads|\beval\(|exec\(")
+    loading = re.compile(
+        r"pickle\.loads?\(|\.loadb\(|Unpickler|marshal\.loads|\beval\(|(?<!def )\bexec\("
+    )
     offenders = [
         f"{path.name}: {line.strip()}"
-        for path in sorted(package.glob("*.py"))
+        for path in sorted(package.rglob("*.py"))
+        if path.relative_to(package).as_posix() != "cli/migrate.py"
         for line in path.read_text().splitlines()
         if loading.search(line)
     ]
