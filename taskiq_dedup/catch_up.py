@@ -3,8 +3,8 @@
 Per schedule through the label ``dedup_catch_up`` (seconds; off by default):
 when a scheduler starts, or its loop resumes after a gap longer than
 ``LATE_WINDOW`` (the regular claim's own reach back), it looks for slots of the
-schedule older than its current slot, not older than the window, and after the
-cursor ``sent`` of its firing state (``claims``) - slots never sent. By default
+schedule whose time came within the window (the current one included) and after
+the cursor ``sent`` of its firing state (``claims``) - slots never sent. By default
 only the latest of them is fired (coalesced, as APScheduler's ``coalesce``); with
 ``dedup_catch_up_all`` every one, oldest first. Each is claimed under its own slot
 with the claim protocol, so one replica sends it and the worker guard keys on it.
@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from taskiq_dedup.errors import ConfigurationError
-from taskiq_dedup.firing import due_slots
 from taskiq_dedup.labels import CATCH_UP_ALL_LABEL, CATCH_UP_LABEL
 from taskiq_dedup.triggers import (
     LATE_WINDOW,
@@ -95,15 +94,17 @@ def parse_catch_up(labels: Mapping[str, object], *, where: str) -> CatchUpPolicy
 
 
 def missed_slots(trigger: Trigger | SlotTrigger, now: datetime, window: int) -> list[int]:
-    """Slots before the current one and within ``window`` seconds of ``now``, ascending.
+    """Slots whose time came within the last ``window`` seconds (up to ``now``), ascending.
 
+    The current slot counts when its time has passed: an hourly cron restarted at
+    12:20 is not fired by the loop before 13:00, nor reached by its late window.
     At most ``MAX_CANDIDATES``, the latest kept (one claim's size).
     """
-    current = due_slots(trigger, now)[-1]
-    after = epoch_seconds(now) - window - 1
-    found = trigger.slots_between(after, current)
+    end = epoch_seconds(now) + 1
+    after = end - window - 2
+    found = trigger.slots_between(after, end)
     while len(found) >= MAX_CANDIDATES:  # cut at the earliest: walk on, keep the latest
-        more = trigger.slots_between(found[-1], current)
+        more = trigger.slots_between(found[-1], end)
         if not more:
             break
         found = (found + more)[-MAX_CANDIDATES:]
