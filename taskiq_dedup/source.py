@@ -116,6 +116,10 @@ class SourceStats:
     """Schedules skipped at a fetch for a bad cron, timezone, interval or argument."""
     stale_one_offs: int = 0
     """One-offs skipped at a fetch for being older than ``one_off_grace``."""
+    caught_up: int = 0
+    """Missed slots this process sent by catch-up (``dedup_catch_up``)."""
+    catch_up_failures: int = 0
+    """Catch-up claims or sends that failed (each logged at ERROR)."""
 
 
 def _overrides(source: ScheduleSource, method: str) -> bool:
@@ -252,6 +256,8 @@ class CompositeScheduleSource(ScheduleSource):
             missed=firing.missed,
             waits_given_up=firing.waits_given_up,
             claim_errors=firing.claim_errors,
+            caught_up=self.catch_up.stats.caught_up,
+            catch_up_failures=self.catch_up.stats.catch_up_failures,
         )
 
     @property

@@ -184,7 +184,7 @@ async def test_the_composite_catches_up_at_its_first_fetch_and_after_a_pause(
         await source.get_schedules()
         await eventually(lambda: runs, timeout=5)
         assert [int(slot) for slot in runs] == [MINUTE]
-        assert source.catch_up.stats.caught_up == 1
+        assert source.stats.caught_up == 1
         await redis.hset(KeySpace(prefix).firings(schedule_id), "sent", MINUTE - 300)
         await source.get_schedules()  # the loop did not pause: no catch-up
         assert source.catch_up.stats.caught_up == 1

@@ -16,8 +16,9 @@ from taskiq.message import TaskiqMessage
 from taskiq_dedup import DedupMiddleware, skip
 from taskiq_dedup.errors import ConfigurationError
 from taskiq_dedup.keys import KeySpace
-from taskiq_dedup.overlap import TURN_POLL
+from taskiq_dedup.overlap import RUNNING_RETENTION_LEASES, TURN_POLL
 from tests.support.polling import eventually
+from tests.support.redis_time import redis_now_ms
 
 SCHEDULE = "report"
 Factory = Callable[..., DedupMiddleware]
@@ -204,3 +205,16 @@ async def test_a_bad_label_in_a_decorator_stops_start_up_naming_it(
 
     with pytest.raises(ConfigurationError, match=rf"task 'app:nightly', schedule #1: {named}"):
         await middleware.startup()
+
+
+async def test_the_running_key_holds_one_lease_and_expires_four_leases_later(
+    workers: Factory, redis: Redis, prefix: str
+) -> None:
+    a = workers(lease_ttl=10.0)
+    await a.pre_execute(firing(1, "skip"))
+    running_key = KeySpace(prefix).running(SCHEDULE)
+    now = await redis_now_ms(redis)
+    lease_until = int(await redis.hget(running_key, "lease_until") or 0)
+    assert now < lease_until <= now + 10_000
+    ttl = await redis.pttl(running_key)
+    assert 10_000 * RUNNING_RETENTION_LEASES - 1_000 < ttl <= 10_000 * RUNNING_RETENTION_LEASES
