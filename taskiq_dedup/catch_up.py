@@ -20,6 +20,7 @@ passes a ``send`` callable per schedule.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -83,7 +84,7 @@ def parse_catch_up(labels: Mapping[str, object], *, where: str) -> CatchUpPolicy
         window = float(str(raw)) if not isinstance(raw, bool) else float("nan")
     except ValueError:
         window = float("nan")
-    if not (window >= 0 and window == int(window)):
+    if not (math.isfinite(window) and window >= 0 and window == int(window)):
         raise ConfigurationError(
             detail=f"{where}: {CATCH_UP_LABEL} must be a whole number of seconds >= 0 "
             f"(0: off), got {raw!r}",

@@ -45,8 +45,9 @@ def test_labels_are_read_as_the_wire_sends_them() -> None:
     ) == CatchUpPolicy(600, every_slot=True)
     with pytest.raises(ConfigurationError, match=r"^s: dedup_catch_up must be .*got 1.5"):
         parse_catch_up({"dedup_catch_up": 1.5}, where="s")
-    with pytest.raises(ConfigurationError, match="dedup_catch_up must be"):
-        parse_catch_up({"dedup_catch_up": True}, where="s")
+    for bad in (True, "inf", "nan", "-60", "soon"):
+        with pytest.raises(ConfigurationError, match="dedup_catch_up must be"):
+            parse_catch_up({"dedup_catch_up": bad}, where="s")
 
 
 def test_missed_slots_are_before_the_current_one_and_within_the_window() -> None:
