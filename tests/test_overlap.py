@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from taskiq import InMemoryBroker
 from taskiq.message import TaskiqMessage
 
@@ -218,3 +219,30 @@ async def test_the_running_key_holds_one_lease_and_expires_four_leases_later(
     assert now < lease_until <= now + 10_000
     ttl = await redis.pttl(running_key)
     assert 10_000 * RUNNING_RETENTION_LEASES - 1_000 < ttl <= 10_000 * RUNNING_RETENTION_LEASES
+
+
+@pytest.mark.parametrize("on_redis_error", ["reject", "execute"])
+async def test_a_redis_error_on_the_running_key_follows_on_redis_error(
+    workers: Factory,
+    redis: Redis,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    on_redis_error: str,
+) -> None:
+    a = workers(on_redis_error=on_redis_error, redis_deadline=0.2)
+
+    async def down(*_: object, **__: object) -> None:
+        raise RedisConnectionError("the running key's shard is down")
+
+    monkeypatch.setattr(a._overlap.policies, "take", down)
+    message = firing(1, "skip")
+    decided = await a.pre_execute(message)
+    assert a.stats.redis_errors == 1
+    if on_redis_error == "execute":
+        assert decided is message
+        assert await state(redis, prefix, 1) == b"running"
+    else:
+        assert skip.is_skip(decided)
+        assert decided.labels[skip.SKIP_LABEL] == "unavailable"  # comes back later
+        assert await state(redis, prefix, 1) is None  # released: the copy can claim it
+        assert a.held == 0
