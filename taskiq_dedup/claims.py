@@ -50,14 +50,16 @@ CLAIM_SCRIPT = """
 -- ARGV[1] = this attempt's token (host:pid#random), the same on every retry
 -- ARGV[2] = pending lease in milliseconds
 -- ARGV[3] = time to live of the state in milliseconds
--- ARGV[4] = the slot to take when the state has no history (the current slot)
+-- ARGV[4] = the slot to take when the state has no history (the current slot),
+--           or '' to take none (a catch-up: nothing was ever sent to catch up on)
 -- ARGV[5..n] = candidate slots, ascending
 -- returns {verdict, slot, sent before, other holder, lease left in ms}:
 --   'won'      this attempt now holds slot, pending (also a retry of a claim
 --              whose reply was lost)
 --   'takeover' as 'won', after the other holder's pending lease had lapsed
 --   'pending'  the other holder is sending slot under a live lease
---   'sent'     every candidate is sent already (slot = the cursor)
+--   'sent'     every candidate is sent already (slot = the cursor; 0 when the
+--              state has no history and ARGV[4] is '')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local h = redis.call('HMGET', KEYS[1], 'sent', 'slot', 'holder', 'lease_until', 'sent_by', 'from')
@@ -72,6 +74,9 @@ end
 local after = sent
 local pick = false
 if not after then
+  if ARGV[4] == '' then
+    return {'sent', '0', '', '', 0}
+  end
   pick = ARGV[4]  -- no history (new schedule, or data lost): the current slot only
 else
   for i = 5, #ARGV do
@@ -230,11 +235,13 @@ class FiringClaims:
         ttl_ms: int,
         *,
         current: int | None = None,
+        fresh: bool = True,
     ) -> Claim:
         """Claim the earliest unsent of ``candidates`` for ``attempt``.
 
         ``current`` is the slot taken when the schedule has no history (default:
         the last candidate): a new schedule does not send the window's older slots.
+        ``fresh=False`` takes none then (verdict ``sent``, slot 0): catch-up.
 
         :raises RedisError: Redis failed for the whole ``retry_window``.
         """
@@ -245,7 +252,7 @@ class FiringClaims:
                 attempt,
                 self.pending_lease_ms,
                 ttl_ms,
-                candidates[-1] if current is None else current,
+                "" if not fresh else candidates[-1] if current is None else current,
                 *candidates,
             ],
         )

@@ -53,6 +53,9 @@ class Hold:
     """``time.monotonic()`` when the last successful claim or renewal was sent:
     the lease runs at least until ``renewed_at + lease``."""
     lost: bool = False
+    also: tuple[tuple[str, int], ...] = ()
+    """Further ``(key, retention_ms)`` held with the same token and lease (a
+    schedule's running key, ``overlap``), renewed in the same round."""
     message_ref: weakref.ReferenceType[TaskiqMessage] | None = None
 
 
@@ -128,6 +131,7 @@ class Holds:
         holds = [hold for hold in self._holds.values() if not hold.lost]
         if not holds:
             return
+        batches = [_leases_of(hold) for hold in holds]  # ``also`` may grow during the round
         started = time.monotonic()
         left = min(hold.renewed_at for hold in holds) + self._lease - started
         try:
@@ -136,7 +140,7 @@ class Holds:
                 # (a blocked event loop): it is renewed if nobody took it over
                 max(left, ATTEMPT_TIMEOUT),
                 lambda: self._leases.extend_many(
-                    [(hold.key, hold.token, hold.retention_ms) for hold in holds],
+                    [lease for batch in batches for lease in batch],
                     lease_ms=round(self._lease * 1000),
                 ),
             )
@@ -144,10 +148,20 @@ class Holds:
             self._on_error(exc)
             return
         current = {id(hold) for hold in self._holds.values()}
-        for hold, still_held in zip(holds, held, strict=True):
+        replies = iter(held)
+        for hold, batch in zip(holds, batches, strict=True):
+            replied = [next(replies) for _ in batch]  # consume every reply of the hold
+            still_held = all(replied)
             if still_held:
                 hold.renewed_at = started
             elif id(hold) in current and not hold.lost:
                 # (a hold finished or released during the round is not lost)
                 hold.lost = True
                 self._on_lost(hold)
+
+
+def _leases_of(hold: Hold) -> list[tuple[str, str, int]]:
+    """Every ``(key, token, retention_ms)`` the hold renews: its key first."""
+    return [(hold.key, hold.token, hold.retention_ms)] + [
+        (key, hold.token, retention_ms) for key, retention_ms in hold.also
+    ]

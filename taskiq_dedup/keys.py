@@ -70,6 +70,10 @@ class KeySpace:
         """Key held while one process runs a job of another scheduler (``instances``)."""
         return self.key("job", schedule_id)
 
+    def running(self, schedule_id: str) -> str:
+        """Key held while a firing of the schedule runs, under an overlap policy (``overlap``)."""
+        return self.key("busy", schedule_id)
+
     def idempotency(self, task_name: str, idempotency_key: str) -> str:
         """Key a worker takes to execute one ad-hoc kick once per (task, key)."""
         digest = hashlib.sha256(

@@ -12,6 +12,15 @@ IDEMPOTENCY_KEY_LABEL = "idempotency_key"
 PINNED_ID_LABEL = "dedup_id"
 """Set on a schedule to choose its id instead of deriving it from its content."""
 
+OVERLAP_LABEL = "dedup_overlap"
+"""Set on a schedule: ``allow``, ``skip`` or ``buffer_one`` (``overlap``)."""
+
+CATCH_UP_LABEL = "dedup_catch_up"
+"""Set on a schedule: seconds back a starting scheduler fires missed slots (``catch_up``)."""
+
+CATCH_UP_ALL_LABEL = "dedup_catch_up_all"
+"""Set on a schedule with ``dedup_catch_up``: fire every missed slot, not only the latest."""
+
 
 def parse_slot(value: object) -> int | None:
     """Return the slot label as ``int`` (labels arrive as strings), or ``None``."""

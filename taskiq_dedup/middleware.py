@@ -57,6 +57,8 @@ from taskiq_dedup.labels import (
 from taskiq_dedup.leases import Claim, Leases
 from taskiq_dedup.log_fields import decision
 from taskiq_dedup.metrics import MetricsOption, track
+from taskiq_dedup.overlap import OverlapGate, OverlapPolicies, OverlapPolicy
+from taskiq_dedup.policy_checks import check_schedule_labels
 from taskiq_dedup.stats import Counter, DedupStats
 from taskiq_dedup.stock_schedules import StockNaming
 
@@ -153,6 +155,8 @@ class DedupMiddleware(TaskiqMiddleware):
     - ``metrics``: export the counters to Prometheus (docs/METRICS.md): ``True``
       (default) to the default registry when ``prometheus_client`` is
       installed, ``False`` not at all, or a ``CollectorRegistry``.
+    - ``overlap``: the overlap policy of schedules without a ``dedup_overlap``
+      label: ``"allow"`` (default), ``"skip"`` or ``"buffer_one"`` (``overlap``).
 
     ``stats`` is a ``DedupStats`` snapshot of the counters.
     """
@@ -172,6 +176,7 @@ class DedupMiddleware(TaskiqMiddleware):
         on_redis_error: OnRedisError = "reject",
         clock: Clock = utc_now,
         metrics: MetricsOption = True,
+        overlap: OverlapPolicy = "allow",
         **connection_kwargs: Any,  # noqa: ANN401 -- forwarded to redis-py
     ) -> None:
         super().__init__()
@@ -237,6 +242,16 @@ class DedupMiddleware(TaskiqMiddleware):
         )
         self._stats = DedupStats()
         track("worker", self, metrics)
+        self._overlap = OverlapGate(
+            OverlapPolicies(self.redis, overlap),
+            self._leases,
+            self._holds,
+            self.keys,
+            lease_ms=self.lease_ms,
+            deadline=self.deadline,
+            count=self._count,
+            on_error=self._redis_error,
+        )
         self._naming = StockNaming(clock)
         self._warned_unslotted = False
         self._checked = False
@@ -283,6 +298,7 @@ class DedupMiddleware(TaskiqMiddleware):
             return
         self._checked = True
         await check_server(self.redis, logger)
+        check_schedule_labels(self.broker)
         if self.broker.is_worker_process:
             broker_checks.warn_if_idle_workers_die(self.broker)
         else:
@@ -414,7 +430,6 @@ class DedupMiddleware(TaskiqMiddleware):
             return skip.skip(message, "unavailable")
         if claim.won:
             self._holds.add(message, Hold(key, token, retention_ms, generation(message)))
-            self._count("executed")
             if claim.verdict == "takeover":
                 self._count("lease_takeovers")
                 logger.info(
@@ -424,8 +439,32 @@ class DedupMiddleware(TaskiqMiddleware):
                     claim.holder_worker,
                     extra=_decision(message, key, claim.holder_task_id),
                 )
-            return message
+            return await self._run_or_wait(message, bound=bound)
         return self._drop(message, key, claim)
+
+    async def _run_or_wait(self, message: TaskiqMessage, *, bound: bool) -> TaskiqMessage:
+        """Apply a won firing's overlap policy (``overlap``): run, wait, or skip it."""
+        if not bound:
+            outcome = await self._overlap.enter(
+                message, str(message.labels[SCHEDULE_ID_LABEL]), _worker_name()
+            )
+            if outcome == "skipped":
+                return skip.skip(message, "overlap")
+            if outcome == "unavailable" and self.on_redis_error == "reject":
+                await self._give_back(message)
+                return skip.skip(message, "unavailable")
+        self._count("executed")
+        return message
+
+    async def _give_back(self, message: TaskiqMessage) -> None:
+        """Release the key ``message`` won: it is not run now and comes back later."""
+        hold = self._holds.pop(message)
+        if hold is None:
+            return
+        try:
+            await within(self.deadline, lambda: self._leases.release(hold.key, hold.token))
+        except REDIS_ERRORS as exc:
+            self._redis_error("release", hold.key, exc)
 
     def _drop(self, message: TaskiqMessage, key: str, claim: Claim) -> TaskiqMessage:
         deferred = claim.verdict == "running" and claim.holder_task_id == message.task_id
@@ -461,11 +500,8 @@ class DedupMiddleware(TaskiqMiddleware):
         requeued = generation(message) > hold.generation  # Context.requeue()
         if isinstance(exception, NoResultError) and not requeued:
             return  # the task chose not to store a result: it ran, finish it
-        self._holds.pop(message)
-        try:
-            await within(self.deadline, lambda: self._leases.release(hold.key, hold.token))
-        except REDIS_ERRORS as exc:
-            self._redis_error("release", hold.key, exc)
+        await self._give_back(message)
+        await self._overlap.leave(hold)
 
     async def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
         """Mark the key of a finished run done."""
@@ -479,7 +515,8 @@ class DedupMiddleware(TaskiqMiddleware):
             )
         except REDIS_ERRORS as exc:
             self._redis_error("finish", hold.key, exc)
-            return
+            finished = True  # unknown: the lease lapses; not reported as lost
+        await self._overlap.leave(hold)
         if not finished and not hold.lost:
             self._lease_lost(hold)
 

@@ -4,7 +4,7 @@ taskiq's ``pre_execute`` cannot cancel a message, but it can rewrite it. The
 middleware rewrites a message it will not execute into a call of the skip task
 below, with the reason in a label and an ``ack_type`` label for the receiver:
 
-- ``duplicate`` / ``echo``: acknowledged at once (``when_received``);
+- ``duplicate`` / ``echo`` / ``overlap``: acknowledged at once (``when_received``);
 - ``deferred`` / ``unavailable``: the message must come back later, so it is
   not acknowledged on receipt (``manual``); ``settle`` decides how it comes back.
 
@@ -60,7 +60,7 @@ TASK_LABEL = "dedup_task"
 ACK_LABEL = "dedup_ack_type"
 """The original ``ack_type`` label, if the message had one."""
 
-Reason = Literal["duplicate", "deferred", "echo", "unavailable"]
+Reason = Literal["duplicate", "deferred", "echo", "unavailable", "overlap"]
 _LEFT_UNACKED: frozenset[str] = frozenset({"deferred", "unavailable"})
 
 REQUEUE_DELAY = 1.0

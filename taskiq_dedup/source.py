@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import uuid
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from taskiq.serializers import PickleSerializer
 from taskiq.utils import maybe_awaitable
 
 from taskiq_dedup import log_filter
+from taskiq_dedup.catch_up import CatchUp, CatchUpTarget, parse_catch_up
 from taskiq_dedup.checks import check_server
 from taskiq_dedup.claims import (
     CLAIM_RETRY_WINDOW,
@@ -56,7 +58,7 @@ from taskiq_dedup.triggers import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine, Mapping, Sequence
+    from collections.abc import Coroutine, Iterable, Mapping, Sequence
 
     from redis.asyncio import Redis
 
@@ -116,6 +118,10 @@ class SourceStats:
     """Schedules skipped at a fetch for a bad cron, timezone, interval or argument."""
     stale_one_offs: int = 0
     """One-offs skipped at a fetch for being older than ``one_off_grace``."""
+    caught_up: int = 0
+    """Missed slots this process sent by catch-up (``dedup_catch_up``)."""
+    catch_up_failures: int = 0
+    """Catch-up claims or sends that failed (each logged at ERROR)."""
 
 
 def _overrides(source: ScheduleSource, method: str) -> bool:
@@ -244,6 +250,8 @@ class CompositeScheduleSource(ScheduleSource):
         self._stats = SourceStats()
         self.metrics_port = metrics_port
         track("scheduler", self, metrics)
+        self.catch_up = CatchUp(self.firings)
+        self._bad_labels: set[str] = set()
 
     @property
     def stats(self) -> SourceStats:
@@ -260,6 +268,8 @@ class CompositeScheduleSource(ScheduleSource):
             missed=firing.missed,
             waits_given_up=firing.waits_given_up,
             claim_errors=firing.claim_errors,
+            caught_up=self.catch_up.stats.caught_up,
+            catch_up_failures=self.catch_up.stats.catch_up_failures,
         )
 
     def _fields(self, entry: MergedSchedule) -> dict[str, object]:
@@ -325,8 +335,58 @@ class CompositeScheduleSource(ScheduleSource):
             await self.redis.aclose()
 
     async def get_schedules(self) -> list[ScheduledTask]:
-        """Fetch every child concurrently and return each schedule once."""
-        return [merged.task for merged in (await self.refresh()).values()]
+        """Fetch every child concurrently and return each schedule once.
+
+        The first fetch, and one after a pause of the loop, first catches up the
+        schedules labelled ``dedup_catch_up`` (``catch_up``).
+        """
+        merged = await self.refresh()
+        if self.catch_up.due():
+            await self.catch_up.run(self._catch_up_targets(merged.values()), self.clock())
+        return [entry.task for entry in merged.values()]
+
+    def _catch_up_targets(self, entries: Iterable[MergedSchedule]) -> list[CatchUpTarget]:
+        """Return the schedules with a catch-up window; a bad label is one ERROR, then off."""
+        targets = []
+        for entry in entries:
+            try:
+                policy = parse_catch_up(entry.task.labels, where=describe(entry.task))
+            except ConfigurationError as exc:
+                if entry.public_id not in self._bad_labels:
+                    self._bad_labels.add(entry.public_id)
+                    logger.error("%s; no catch-up for it", exc.detail)  # noqa: TRY400
+                continue
+            if policy is not None and self.broker is None:
+                if entry.public_id not in self._bad_labels:
+                    self._bad_labels.add(entry.public_id)
+                    logger.error(
+                        "%s: no broker to send catch-up firings through (pass broker=)",
+                        describe(entry.task),
+                    )
+                continue
+            if policy is not None:
+                targets.append(
+                    CatchUpTarget(
+                        entry.schedule_id,
+                        entry.trigger,
+                        policy,
+                        functools.partial(self._send_slot, entry),
+                    ),
+                )
+        return targets
+
+    async def _send_slot(self, entry: MergedSchedule, slot: int) -> None:
+        """Kick the firing ``slot`` of ``entry`` through ``broker``, bounded like a claim."""
+        assert self.broker is not None  # noqa: S101 -- checked by the caller
+        task = entry.task.model_copy(deep=True)
+        self._mark_firing(task, entry.schedule_id, slot)
+        kick: Coroutine[Any, Any, Any] = (
+            AsyncKicker(task.task_name, self.broker, task.labels)
+            .with_labels(schedule_id=task.schedule_id)
+            .with_task_id(task_id=task.task_id)
+            .kiq(*task.args, **task.kwargs)
+        )
+        await asyncio.wait_for(kick, self.claims.pending_lease_ms / 1000)
 
     async def refresh(self) -> Mapping[str, MergedSchedule]:
         """Fetch every child and rebuild the merged schedules, by public id.

@@ -15,6 +15,8 @@ Counter = Literal[
     "leases_lost",
     "idempotent_replays",
     "redis_errors",
+    "skipped_overlap",
+    "overlap_waits",
 ]
 
 
@@ -36,6 +38,9 @@ class DedupStats:
     stalled past its lease and someone took the key over.
     ``idempotent_replays``: kicks answered with an earlier task's handle.
     ``redis_errors``: Redis calls that failed (each also logged at ERROR).
+    ``skipped_overlap``: firings not executed because their schedule's previous
+    run still held its lease (``skip``, or a second waiter under ``buffer_one``).
+    ``overlap_waits``: firings that waited for the previous run (``buffer_one``).
     """
 
     executed: int = 0
@@ -47,6 +52,8 @@ class DedupStats:
     leases_lost: int = 0
     idempotent_replays: int = 0
     redis_errors: int = 0
+    skipped_overlap: int = 0
+    overlap_waits: int = 0
 
     def bump(self, counter: Counter) -> DedupStats:
         """Return a copy with ``counter`` one higher."""

@@ -13,6 +13,7 @@ def test_keys_are_prefixed_and_readable() -> None:
     assert keys.firings("abc123") == "taskiq-dedup:prod:fire:abc123"
     assert keys.firing("abc123", 60) == "taskiq-dedup:prod:run:abc123:60"
     assert keys.add_lock("abc123") == "taskiq-dedup:prod:add:abc123"
+    assert keys.running("abc123") == "taskiq-dedup:prod:busy:abc123"
     assert keys.job_lease("digest@app.jobs:digest") == (
         "taskiq-dedup:prod:job:#" + hashlib.sha256(b"digest@app.jobs:digest").hexdigest()
     )
@@ -59,6 +60,7 @@ def test_no_input_leaves_the_prefix(task_name: str, value: str) -> None:
         keys.firings(value),
         keys.firing(task_name, 2),
         keys.job_lease(value),
+        keys.running(value),
     ):
         assert key.startswith("env:a:")
         assert key.count(":") <= 4

@@ -21,6 +21,9 @@ TICK_INTERVAL = 3
 
 EVERY_MINUTE = "* * * * *"
 
+CATCH_UP_WINDOW = 600
+"""Seconds back a starting scheduler looks for a missed report (the latest is sent)."""
+
 
 @broker.on_event(TaskiqEvents.WORKER_STARTUP)
 async def open_redis(state: TaskiqState) -> None:
@@ -49,15 +52,29 @@ async def record_execution(context: Context) -> None:
     await executions.record(context.state.redis, executions.executions_key(keys), execution)
 
 
-@broker.task(task_name="example:tick", schedule=[{"interval": TICK_INTERVAL}])
+@broker.task(
+    task_name="example:tick",
+    schedule=[{"interval": TICK_INTERVAL, "labels": {"dedup_overlap": "skip"}}],
+)
 async def tick(context: Context = TaskiqDepends()) -> None:
-    """Every few seconds (an interval schedule in the decorator)."""
+    """Every few seconds (an interval schedule in the decorator).
+
+    ``dedup_overlap: skip``: a tick is not run while the previous one still runs
+    on any worker (docs/POLICIES.md).
+    """
     await record_execution(context)
 
 
-@broker.task(task_name="example:report", schedule=[{"cron": EVERY_MINUTE}])
+@broker.task(
+    task_name="example:report",
+    schedule=[{"cron": EVERY_MINUTE, "labels": {"dedup_catch_up": CATCH_UP_WINDOW}}],
+)
 async def report(context: Context = TaskiqDepends()) -> None:
-    """Every minute (a cron schedule in the decorator)."""
+    """Every minute (a cron schedule in the decorator).
+
+    ``dedup_catch_up``: a scheduler starting after an outage sends the latest
+    minute missed within the window, once across replicas (docs/POLICIES.md).
+    """
     await record_execution(context)
 
 
