@@ -36,7 +36,8 @@ MIN_STATE_TTL_MS = 24 * 3600 * 1000
 """A firing state lives at least a day after its last claim, however short its
 period: an outage of every scheduler up to a day then ends with the window's slots
 sent late and the older ones reported missed, instead of forgotten. A hash of a
-few fields per schedule; a deleted schedule's state expires a day later."""
+few fields and the firing ledger (under 3 KB, ``ledger``) per schedule; a deleted
+schedule's state, ledger included, expires a day later."""
 
 WAIT_MARGIN = 1.0
 """Seconds a scheduler waits beyond a pending claim's lease before giving up: lets
