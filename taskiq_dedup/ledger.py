@@ -43,6 +43,9 @@ Outcome = Literal["missed", "sent", "running", "ran", "failed"]
 
 LEDGER_LUA = """
 local function ledger_append(key, by, missed_from, slot, outcome)
+  if not slot and missed_from > #ARGV then
+    return
+  end
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local log = {}
@@ -58,9 +61,6 @@ local function ledger_append(key, by, missed_from, slot, outcome)
   end
   if slot then
     log[#log + 1] = {slot = tonumber(slot), by = by, at = now, outcome = outcome}
-  end
-  if #log == 0 then
-    return
   end
   local excess = #log - LEDGER_LENGTH
   if excess > 0 then
