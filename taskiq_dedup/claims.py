@@ -9,7 +9,9 @@ only by the three scripts below. Its fields:
   (*pending*), the attempt's token and its lease deadline in Redis server time;
 - ``sent_by``: the attempt that confirmed ``sent``, for logs;
 - ``from``: the cursor before the pending attempt's claim (its missed slots follow
-  it), returned again to a retry of that claim.
+  it), returned again to a retry of that claim;
+- ``log``: the firing ledger (``ledger``), appended by confirm and release, read by
+  no script.
 
 A scheduler passes the slots it could fire now (``candidates``: ascending, the
 current slot last) and wins the **earliest unsent** one, so a late or drifting
