@@ -9,7 +9,9 @@ only by the three scripts below. Its fields:
   (*pending*), the attempt's token and its lease deadline in Redis server time;
 - ``sent_by``: the attempt that confirmed ``sent``, for logs;
 - ``from``: the cursor before the pending attempt's claim (its missed slots follow
-  it), returned again to a retry of that claim.
+  it), returned again to a retry of that claim;
+- ``log``: the firing ledger (``ledger``), appended by confirm and release, read by
+  no script.
 
 A scheduler passes the slots it could fire now (``candidates``: ascending, the
 current slot last) and wins the **earliest unsent** one, so a late or drifting
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from redis.exceptions import RedisError, ResponseError
 
+from taskiq_dedup.ledger import LEDGER_LUA, missed_for_ledger
 from taskiq_dedup.pipelining import ScriptPipeline
 
 if TYPE_CHECKING:
@@ -106,23 +109,36 @@ end
 return {'won', pick, after or '', '', 0}
 """
 
-CONFIRM_SCRIPT = """
+CONFIRM_SCRIPT = (
+    LEDGER_LUA
+    + """
 -- KEYS[1] = the schedule's firing state
 -- ARGV[1] = the attempt's token
 -- ARGV[2] = the slot it sent
 -- ARGV[3] = time to live of the state in milliseconds
+-- ARGV[4] = "1" if the attempt took the slot over from a lapsed sender, else "0"
+-- ARGV[5..n] = slots the claim skipped as missed, for the ledger
 -- returns 1 if this attempt's claim is now sent (also a retry whose first
 -- reply was lost), 0 if another attempt had taken it over (both sent: the
 -- worker guard drops the second copy). The cursor moves forward either way:
 -- the broker holds the firing. A state lost with its data is made anew.
+-- The ledger ('log') is written once per confirmed claim and never read here.
 local h = redis.call('HMGET', KEYS[1], 'holder', 'sent', 'sent_by')
 local mine = h[1] == ARGV[1] or h[3] == ARGV[1]
+local first = h[1] == ARGV[1] or (not h[1] and h[3] ~= ARGV[1])
 if not h[2] or tonumber(ARGV[2]) > tonumber(h[2]) then
   redis.call('HSET', KEYS[1], 'sent', ARGV[2], 'sent_by', ARGV[1])
   mine = mine or not h[1]
 end
 if h[1] == ARGV[1] then  -- after the HSET: a hash left empty would be deleted
   redis.call('HDEL', KEYS[1], 'slot', 'holder', 'lease_until', 'from')
+end
+if mine and first then
+  local outcome = 'sent'
+  if ARGV[4] == '1' then
+    outcome = 'taken_over'
+  end
+  ledger_append(KEYS[1], ARGV[1], 5, ARGV[2], outcome)
 end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < tonumber(ARGV[3]) then
@@ -133,19 +149,25 @@ if mine then
 end
 return 0
 """
+)
 
-RELEASE_SCRIPT = """
+RELEASE_SCRIPT = (
+    LEDGER_LUA
+    + """
 -- KEYS[1] = the schedule's firing state
 -- ARGV[1] = the attempt's token
+-- ARGV[2..n] = slots the claim skipped as missed, for the ledger
 -- returns 1 if this attempt's pending claim was dropped (its send failed), so a
 -- waiting scheduler takes the slot at once; 0 if it no longer held it. The cursor
 -- the claim left just before the slot keeps the slot next in line.
 if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then
   redis.call('HDEL', KEYS[1], 'slot', 'holder', 'lease_until', 'from')
+  ledger_append(KEYS[1], ARGV[1], 2, false, false)
   return 1
 end
 return 0
 """
+)
 
 PENDING_LEASE = 5.0
 """Seconds a won claim stays pending before another scheduler may take it over.
@@ -265,13 +287,26 @@ class FiringClaims:
             lease_left=int(left) / 1000,
         )
 
-    async def confirm(self, key: str, attempt: str, slot: int, ttl_ms: int) -> bool:
-        """Record that ``attempt`` put ``slot`` in the broker; False if taken over."""
-        return bool(await self._call(self._confirm, key, [attempt, slot, ttl_ms]))
+    async def confirm(
+        self,
+        key: str,
+        attempt: str,
+        slot: int,
+        ttl_ms: int,
+        *,
+        takeover: bool = False,
+        missed: Sequence[int] = (),
+    ) -> bool:
+        """Record that ``attempt`` put ``slot`` in the broker; False if taken over.
 
-    async def release(self, key: str, attempt: str) -> bool:
-        """Drop ``attempt``'s pending claim after a failed send."""
-        return bool(await self._call(self._release, key, [attempt]))
+        ``takeover`` and ``missed`` (the slots its claim skipped) go to the ledger.
+        """
+        args: list[object] = [attempt, slot, ttl_ms, "1" if takeover else "0"]
+        return bool(await self._call(self._confirm, key, [*args, *missed_for_ledger(missed)]))
+
+    async def release(self, key: str, attempt: str, *, missed: Sequence[int] = ()) -> bool:
+        """Drop ``attempt``'s pending claim after a failed send (``missed``: as ``confirm``)."""
+        return bool(await self._call(self._release, key, [attempt, *missed_for_ledger(missed)]))
 
     async def _call(self, script: AsyncScript, key: str, args: list[object]) -> Any:  # noqa: ANN401 -- a script's reply
         """Run one script, retrying Redis errors until ``retry_window`` has passed.

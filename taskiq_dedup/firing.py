@@ -36,7 +36,8 @@ MIN_STATE_TTL_MS = 24 * 3600 * 1000
 """A firing state lives at least a day after its last claim, however short its
 period: an outage of every scheduler up to a day then ends with the window's slots
 sent late and the older ones reported missed, instead of forgotten. A hash of a
-few fields per schedule; a deleted schedule's state expires a day later."""
+few fields and the firing ledger (under 3 KB, ``ledger``) per schedule; a deleted
+schedule's state, ledger included, expires a day later."""
 
 WAIT_MARGIN = 1.0
 """Seconds a scheduler waits beyond a pending claim's lease before giving up: lets
@@ -72,6 +73,8 @@ class Attempt:
     behind: bool
     """An older slot was won: the current one is still due after it."""
     takeover: bool
+    missed: tuple[int, ...] = ()
+    """Slots the claim skipped as never sent (reported; written to the ledger)."""
 
     def log_fields(self) -> dict[str, object]:
         """Return the ``extra=`` of a log line about this attempt (``log_fields``)."""
@@ -181,6 +184,11 @@ class FiringCoordinator:
             await asyncio.sleep(pause)
             poll = min(poll * 2, WAIT_POLL_MAX)
         self.stats.claimed += 1
+        missed = (
+            ()
+            if claim.previous is None
+            else tuple(trigger.slots_between(claim.previous, claim.slot))
+        )
         attempt = Attempt(
             schedule_id=schedule_id,
             key=key,
@@ -189,6 +197,7 @@ class FiringCoordinator:
             ttl_ms=ttl_ms,
             behind=claim.slot < candidates[-1],
             takeover=claim.verdict == "takeover",
+            missed=missed,
         )
         if attempt.takeover:
             self.stats.takeovers += 1
@@ -213,15 +222,12 @@ class FiringCoordinator:
                     schedule_id=schedule_id, slot=claim.slot, key=key, holder=self.claims.holder
                 ),
             )
-        if claim.previous is not None:
-            self._report_missed(schedule_id, trigger, claim.previous, claim.slot)
+        self._report_missed(schedule_id, missed)
         return attempt
 
-    def _report_missed(
-        self, schedule_id: str, trigger: Trigger | SlotTrigger, after: int, before: int
-    ) -> None:
+    def _report_missed(self, schedule_id: str, missed: tuple[int, ...]) -> None:
         """Log, once across schedulers, the slots between the cursor and the one won."""
-        for slot in trigger.slots_between(after, before):
+        for slot in missed:
             self.stats.missed += 1
             logger.error(
                 "Firing %s (%s) of schedule %s was never sent: every scheduler was down, "
@@ -245,7 +251,14 @@ class FiringCoordinator:
             the worker guard drops.
         """
         self.stats.confirmed += 1
-        if not await self.claims.confirm(attempt.key, attempt.token, attempt.slot, attempt.ttl_ms):
+        if not await self.claims.confirm(
+            attempt.key,
+            attempt.token,
+            attempt.slot,
+            attempt.ttl_ms,
+            takeover=attempt.takeover,
+            missed=attempt.missed,
+        ):
             logger.info(
                 "Firing %s of schedule %s was taken over while this send ran; the worker "
                 "guard drops the second copy",
@@ -257,4 +270,4 @@ class FiringCoordinator:
     async def release(self, attempt: Attempt) -> None:
         """Give up ``attempt`` after its send failed, so another sender takes the slot."""
         self.stats.send_failures += 1
-        await self.claims.release(attempt.key, attempt.token)
+        await self.claims.release(attempt.key, attempt.token, missed=attempt.missed)

@@ -9,7 +9,10 @@ claim, heartbeat and finish, so it never lapses under a live holder.
 
 Fields: ``state``, ``owner`` (token of the running attempt), ``lease_until``
 (ms), ``task_id`` and ``gen`` (the holder message's task id and generation),
-``worker`` (host:pid, for logs) and ``attempts`` (claims so far).
+``worker`` (host:pid, for logs) and ``attempts`` (claims so far). For the
+firing ledger only (``ledger``; no script reads them to decide): ``started_at``
+and ``last_worker`` (the last claim), ``finished_at`` and ``outcome`` (``ran`` on
+finish, ``failed`` on release) and ``dupes`` (claims refused as duplicates).
 
 An idempotency key is bound to one kick before it is sent, in two phases:
 ``phase`` is ``pending`` (with ``pending_until``, ms) from ``bind`` until the
@@ -47,6 +50,8 @@ CLAIM_SCRIPT = """
 --   expired), "superseded" (the running holder's own retry: same task id,
 --   higher generation), "running" (a live lease), "done", or "other" (an
 --   idempotency key whose confirmed kick is another task: that task answers)
+-- For the ledger only (never read to decide): a claim sets started_at and
+-- last_worker; a refusal counts in dupes.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local h = redis.call('HMGET', KEYS[1], 'state', 'task_id', 'worker', 'lease_until', 'gen',
@@ -56,9 +61,11 @@ local verdict = 'claimed'
 if state == 'running' and h[6] == ARGV[1] then
   return {'claimed', task_id, worker}  -- a retry of this attempt, whose reply was lost
 elseif state == 'done' then
+  redis.call('HINCRBY', KEYS[1], 'dupes', 1)
   return {'done', task_id, worker}
 elseif ARGV[7] == '1' and task_id ~= '' and task_id ~= ARGV[4] and h[7] ~= 'pending' then
   -- a pending binding may be a send that failed; this message exists, so it takes the key
+  redis.call('HINCRBY', KEYS[1], 'dupes', 1)
   return {'other', task_id, worker}
 elseif state == 'running' then
   if tonumber(h[4] or '0') <= now then
@@ -66,12 +73,15 @@ elseif state == 'running' then
   elseif task_id == ARGV[4] and tonumber(ARGV[5]) > tonumber(h[5] or '0') then
     verdict = 'superseded'
   else
+    redis.call('HINCRBY', KEYS[1], 'dupes', 1)
     return {'running', task_id, worker}
   end
 end
 redis.call('HSET', KEYS[1], 'state', 'running', 'owner', ARGV[1],
   'lease_until', string.format('%.0f', now + tonumber(ARGV[2])),
-  'task_id', ARGV[4], 'gen', ARGV[5], 'worker', ARGV[6])
+  'task_id', ARGV[4], 'gen', ARGV[5], 'worker', ARGV[6],
+  'started_at', string.format('%.0f', now), 'last_worker', ARGV[6])
+redis.call('HDEL', KEYS[1], 'finished_at', 'outcome')
 if ARGV[7] == '1' then
   redis.call('HSET', KEYS[1], 'phase', 'sent')
   redis.call('HDEL', KEYS[1], 'pending_until')
@@ -104,11 +114,14 @@ FINISH_SCRIPT = """
 -- ARGV[2] = retention of the key in milliseconds
 -- returns 1 if the key is now done by this token (also on a retry whose first
 --   reply was lost: the owner is kept), 0 if this token no longer holds it
+-- (finished_at and outcome are for the ledger only)
 local h = redis.call('HMGET', KEYS[1], 'owner', 'state')
 if h[1] ~= ARGV[1] or (h[2] ~= 'running' and h[2] ~= 'done') then
   return 0
 end
-redis.call('HSET', KEYS[1], 'state', 'done')
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], 'state', 'done', 'outcome', 'ran',
+  'finished_at', string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)))
 redis.call('HDEL', KEYS[1], 'lease_until')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
@@ -118,12 +131,16 @@ RELEASE_SCRIPT = """
 -- KEYS[1] = the dedup key
 -- ARGV[1] = owner token
 -- returns 1 if the key is free again, 0 if this token no longer holds it
--- (task_id, gen and attempts stay: an idempotency key keeps its task id)
+-- (task_id, gen and attempts stay: an idempotency key keeps its task id;
+-- finished_at and outcome are for the ledger only)
 local h = redis.call('HMGET', KEYS[1], 'owner', 'state')
 if h[1] ~= ARGV[1] or h[2] ~= 'running' then
   return 0
 end
 redis.call('HDEL', KEYS[1], 'state', 'owner', 'lease_until', 'worker')
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], 'outcome', 'failed',
+  'finished_at', string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)))
 return 1
 """
 

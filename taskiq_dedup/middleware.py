@@ -81,8 +81,8 @@ a dead worker's lease has long lapsed when its message is redelivered."""
 DONE_TTL = 24 * 3600.0
 """Seconds a finished firing is remembered. A duplicate arrives as late as the
 queue lets it: a redelivery after ``idle_timeout`` (10 min), or copies stuck
-behind a worker outage. A day covers an overnight outage; a key is ~200 bytes,
-so even a per-second schedule costs ~17 MB."""
+behind a worker outage. A day covers an overnight outage; a key is ~360 bytes
+with the firing ledger's fields, so even a per-second schedule costs ~31 MB."""
 
 IDEMPOTENCY_TTL = 24 * 3600.0
 """Seconds an idempotency key answers with its first task: a day, as common for

@@ -24,7 +24,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MODULE_TESTS: dict[str, list[str]] = {
     "keys": ["tests/test_keys.py"],
     "triggers": ["tests/test_triggers.py"],
-    "leases": ["tests/test_leases.py", "tests/test_lifetimes.py", "tests/test_middleware.py"],
+    "leases": [
+        "tests/test_leases.py",
+        "tests/test_lifetimes.py",
+        "tests/test_middleware.py",
+        "tests/test_ledger.py",
+    ],
 }
 """Module -> the test files that exercise it. Add a module here to mutate it."""
 

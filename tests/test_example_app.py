@@ -17,6 +17,9 @@ from redis.asyncio import Redis
 from taskiq import ScheduledTask
 
 from taskiq_dedup import schedule_id_for
+from taskiq_dedup.claims import FiringClaims
+from taskiq_dedup.keys import KeySpace
+from taskiq_dedup.leases import Leases
 from tests.support.redis_server import RedisServer
 
 EXAMPLE = "examples.fastapi_app"
@@ -347,3 +350,45 @@ async def test_a_schedule_added_under_your_id_is_listed_and_deleted_by_it(
     assert content_id not in listed
     assert (await client.delete("/schedules/monday-report")).status_code == 204
     assert (await client.delete("/schedules/monday-report")).status_code == 404
+
+
+async def test_history_shows_who_sent_and_who_ran_each_firing(
+    client: httpx.AsyncClient, redis_url: str, prefix: str
+) -> None:
+    body = {"task": "example:report", "cron": "0 9 * * mon", "id": "monday-report"}
+    content_id = (await client.post("/schedules", json=body)).json()["content_id"]
+    assert (await client.get("/schedules/monday-report/history")).json() == []
+    keys = KeySpace(prefix)
+    async with Redis.from_url(redis_url) as redis:
+        claims = FiringClaims(redis, "sched-1:7")
+        await claims.claim(keys.firings(content_id), "sched-1:7#a", [60], 3_600_000)
+        await claims.confirm(keys.firings(content_id), "sched-1:7#a", 60, 3_600_000)
+        leases = Leases(redis)
+        run = keys.firing(content_id, 60)
+        for worker in ("worker-1:9", "worker-2:4"):  # the second copy is refused
+            await leases.claim(
+                run,
+                token=f"token-{worker}",
+                task_id="t-60",
+                generation=0,
+                worker=worker,
+                lease_ms=60_000,
+                retention_ms=60_000,
+            )
+        await leases.finish(run, "token-worker-1:9", retention_ms=60_000)
+    response = await client.get("/schedules/monday-report/history")
+    assert response.status_code == 200
+    [firing] = response.json()
+    assert firing["slot"] == 60
+    assert firing["slot_time"] == "1970-01-01T00:01:00Z"
+    assert (firing["outcome"], firing["claimed_by"], firing["worker"]) == (
+        "ran",
+        "sched-1:7#a",
+        "worker-1:9",
+    )
+    assert firing["duplicates_dropped"] == 1
+    assert firing["sent_at"] is not None
+    assert firing["finished_at"] is not None
+    by_content = await client.get(f"/schedules/{content_id}/history")
+    assert by_content.json() == response.json()
+    assert (await client.get("/schedules/no-such-schedule/history")).status_code == 404

@@ -1,4 +1,4 @@
-"""The endpoints: schedules (list, add, delete), recent executions, health."""
+"""The endpoints: schedules (list, add, delete, firing history), recent executions, health."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from examples.fastapi_app import executions
 from examples.fastapi_app.lifespan import AppState
 from examples.fastapi_app.schemas import (
     ExecutionOut,
+    FiringOut,
     HealthOut,
     ScheduleIn,
     ScheduleOut,
 )
 from taskiq_dedup.clock import utc_now
 from taskiq_dedup.connection import redacted
+from taskiq_dedup.ledger import history
 from taskiq_dedup.skip import SKIP_TASK_NAME
 
 router = APIRouter()
@@ -77,6 +79,24 @@ async def delete_schedule(schedule_id: str, state: State) -> Response:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no schedule {schedule_id!r}")
     await state.composite.delete_schedule(schedule_id)  # ScheduleInCodeError: 409
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/schedules/{schedule_id}/history")
+async def schedule_history(schedule_id: str, state: State) -> list[FiringOut]:
+    """List the schedule's last firings, oldest first: who sent each, who ran it.
+
+    Takes the public, content or a copy's id; a deleted schedule's ledger is still
+    served by its content id until it expires. 404 if nothing is known of the id.
+    """
+    merged = await state.composite.refresh()
+    entry = merged.get(schedule_id) or next(
+        (e for e in merged.values() if e.answers_to(schedule_id)), None
+    )
+    content_id = entry.schedule_id if entry else schedule_id
+    firings = await history(state.redis, state.keys, content_id)
+    if entry is None and not firings:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no schedule {schedule_id!r}")
+    return [FiringOut.of(firing) for firing in firings]
 
 
 async def _stored_unlisted(state: AppState, schedule_id: str) -> bool:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from examples.fastapi_app.executions import Execution
     from taskiq_dedup import MergedSchedule
+    from taskiq_dedup.ledger import LedgerEntry
 
 NEW_SCHEDULE = "(new)"
 """Placeholder id naming a schedule in errors before it has its real id."""
@@ -196,6 +197,43 @@ class ExecutionOut(BaseModel):
             task_id=execution.task_id,
             pid=execution.pid,
             at=datetime.fromtimestamp(execution.at, tz=timezone.utc),
+        )
+
+
+class FiringOut(BaseModel):
+    """One firing of a schedule in the firing ledger (``taskiq_dedup.ledger``)."""
+
+    slot: int
+    slot_time: datetime
+    outcome: Literal["missed", "sent", "running", "ran", "failed"] = Field(
+        description="missed: no scheduler sent it; sent: in the queue, no worker took it yet",
+    )
+    claimed_by: str = Field(
+        description="the scheduler attempt (host:pid#random) that sent it, or found it missed",
+    )
+    sent_at: datetime | None
+    detected_at: datetime | None = Field(description="when a claim found the slot missed")
+    taken_over: bool = Field(description="sent by a scheduler that took a lapsed claim over")
+    worker: str | None = Field(description="the worker (host:pid) that took it last")
+    started_at: datetime | None
+    finished_at: datetime | None
+    duplicates_dropped: int = Field(description="deliveries of it the worker guard refused")
+
+    @classmethod
+    def of(cls, entry: LedgerEntry) -> FiringOut:
+        """Describe a ledger entry."""
+        return cls(
+            slot=entry.slot,
+            slot_time=datetime.fromtimestamp(entry.slot, tz=timezone.utc),
+            outcome=entry.outcome,
+            claimed_by=entry.claimed_by,
+            sent_at=entry.sent_at,
+            detected_at=entry.detected_at,
+            taken_over=entry.taken_over,
+            worker=entry.worker,
+            started_at=entry.started_at,
+            finished_at=entry.finished_at,
+            duplicates_dropped=entry.duplicates_dropped,
         )
 
 

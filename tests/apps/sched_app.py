@@ -1,7 +1,8 @@
 """A scheduler app for multi-process tests, configured by the environment.
 
 ``REDIS_URL`` and ``DEDUP_PREFIX`` pick the server and environment; ``METRICS_PORT``
-serves the scheduler's metrics; ``DEDUP_OFF=1``
+serves the scheduler's metrics; ``WORKER_GUARD=1`` adds ``DedupMiddleware`` to the
+broker (its run records feed the firing ledger); ``DEDUP_OFF=1``
 builds taskiq as shipped (plain sources) for comparison. Every execution is
 appended to the Redis list ``<prefix>:executions`` as JSON.
 
@@ -25,7 +26,7 @@ from taskiq.schedule_sources import LabelScheduleSource
 from taskiq.serializers import JSONSerializer
 from taskiq_redis import ListQueueBroker, ListRedisScheduleSource
 
-from taskiq_dedup import CompositeScheduleSource
+from taskiq_dedup import CompositeScheduleSource, DedupMiddleware
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:1/0")
 PREFIX = os.environ.get("DEDUP_PREFIX", "sched-app")
@@ -33,6 +34,8 @@ DEDUP_OFF = os.environ.get("DEDUP_OFF") == "1"
 ONE_OFF_AT = os.environ.get("ONE_OFF_AT")
 
 broker = ListQueueBroker(REDIS_URL, queue_name=f"{PREFIX}:queue")
+if os.environ.get("WORKER_GUARD") == "1":
+    broker.add_middlewares(DedupMiddleware(redis_url=REDIS_URL, prefix=PREFIX))
 label_source = LabelScheduleSource(broker)
 redis_source = ListRedisScheduleSource(
     REDIS_URL,
