@@ -112,6 +112,7 @@ FINISH_SCRIPT = """
 -- KEYS[1] = the dedup key
 -- ARGV[1] = owner token
 -- ARGV[2] = retention of the key in milliseconds
+-- ARGV[3] = the ledger outcome: 'ran', or 'skipped_overlap' for a firing not run
 -- returns 1 if the key is now done by this token (also on a retry whose first
 --   reply was lost: the owner is kept), 0 if this token no longer holds it
 -- (finished_at and outcome are for the ledger only)
@@ -120,7 +121,7 @@ if h[1] ~= ARGV[1] or (h[2] ~= 'running' and h[2] ~= 'done') then
   return 0
 end
 local t = redis.call('TIME')
-redis.call('HSET', KEYS[1], 'state', 'done', 'outcome', 'ran',
+redis.call('HSET', KEYS[1], 'state', 'done', 'outcome', ARGV[3] or 'ran',
   'finished_at', string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)))
 redis.call('HDEL', KEYS[1], 'lease_until')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -295,9 +296,11 @@ class Leases:
             replies = await pipe.execute(raise_on_error=True)
         return [bool(reply) for reply in replies]
 
-    async def finish(self, key: str, token: str, *, retention_ms: int) -> bool:
-        """Mark ``key`` done if ``token`` still holds it."""
-        return bool(await self._pipeline.run(self._finish, [key], [token, retention_ms]))
+    async def finish(
+        self, key: str, token: str, *, retention_ms: int, outcome: str = "ran"
+    ) -> bool:
+        """Mark ``key`` done if ``token`` still holds it; ``outcome`` is for the ledger."""
+        return bool(await self._pipeline.run(self._finish, [key], [token, retention_ms, outcome]))
 
     async def release(self, key: str, token: str) -> bool:
         """Free ``key`` for another attempt if ``token`` still holds it."""

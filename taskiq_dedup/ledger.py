@@ -8,8 +8,9 @@ Written only inside the scripts the claims already run (no extra round trip):
   = Redis time of the confirm) and, for the slots a claim skipped, by the confirm
   or release that ends that claim (outcome ``missed``, ``at`` = detection time);
 - worker side, in each firing's run key (``KeySpace.firing``): ``started_at``,
-  ``last_worker``, ``finished_at``, ``outcome`` (``ran`` / ``failed``) and ``dupes``
-  (deliveries refused as duplicates), written by ``leases``' scripts.
+  ``last_worker``, ``finished_at``, ``outcome`` (``ran`` / ``skipped_overlap`` /
+  ``failed``) and ``dupes`` (deliveries refused as duplicates), written by ``leases``'
+  scripts.
 
 The ledger is history, never a decision input: no script reads it to decide, and
 a lost reply or a crash may leave an entry out (docs/DESIGN.md, fault table).
@@ -39,7 +40,7 @@ MISSED_RECORDED = 8
 a per-second schedule must not push every sent firing out of the log. The ERROR
 log line and the ``missed`` counter still count every missed slot."""
 
-Outcome = Literal["missed", "sent", "running", "ran", "failed"]
+Outcome = Literal["missed", "sent", "running", "ran", "skipped_overlap", "failed"]
 
 LEDGER_LUA = """
 local function ledger_append(key, by, missed_from, slot, outcome)
@@ -147,7 +148,7 @@ def _entry(item: dict[str, object], run: list[str | None]) -> LedgerEntry:
     result: Outcome = "missed" if recorded == "missed" else "sent"
     if recorded != "missed":
         if state == "done":
-            result = "ran"
+            result = "skipped_overlap" if outcome == "skipped_overlap" else "ran"
         elif state == "running":
             result = "running"
         elif outcome == "failed":

@@ -281,7 +281,9 @@ class OverlapGate:
         try:
             await within(
                 self._deadline,
-                lambda: self._leases.finish(hold.key, hold.token, retention_ms=hold.retention_ms),
+                lambda: self._leases.finish(
+                    hold.key, hold.token, retention_ms=hold.retention_ms, outcome="skipped_overlap"
+                ),
             )
         except REDIS_ERRORS as exc:  # the firing key's lease lapses; a copy may run later
             self._on_error("finish", hold.key, exc)

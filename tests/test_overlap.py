@@ -74,6 +74,8 @@ async def test_skip_does_not_run_a_firing_while_the_previous_run_holds_its_lease
     assert skipped_for_overlap(second)
     assert second.labels["ack_type"] == "when_received"  # acknowledged, not redelivered
     assert await state(redis, prefix, 2) == b"done"  # a redelivered copy is a duplicate
+    outcome = await redis.hget(KeySpace(prefix).firing(SCHEDULE, 2), "outcome")
+    assert outcome == b"skipped_overlap"  # what the firing ledger reports for it
     assert b.stats.skipped_overlap == 1
     assert b.stats.executed == 0
     assert any("not executed (dedup_overlap=skip)" in r.getMessage() for r in caplog.records)
