@@ -59,6 +59,7 @@ from taskiq_dedup.identity import content_digest, pinned_id
 from taskiq_dedup.instances import INSTANCE_LEASE, Instance, InstanceLeases
 from taskiq_dedup.keys import DEFAULT_PREFIX, KeySpace
 from taskiq_dedup.leases import Leases
+from taskiq_dedup.topology import parse_redis_url
 from taskiq_dedup.triggers import CLAIM_GRACE, LATE_WINDOW, MAX_CANDIDATES
 
 if TYPE_CHECKING:
@@ -319,8 +320,7 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
             raise ConfigurationError(detail=f"inner must be an APScheduler executor, got {inner!r}")
         if isinstance(inner, DedupExecutor):
             raise ConfigurationError(detail="inner must not be another DedupExecutor")
-        if not isinstance(redis_url, str) or not redis_url:
-            raise ConfigurationError(detail=f"redis_url must be a Redis URL, got {redis_url!r}")
+        parse_redis_url(redis_url)  # a malformed URL fails here, naming it
         if on_redis_error not in ("skip", "run"):
             raise ConfigurationError(
                 detail=f"on_redis_error must be 'skip' or 'run', got {on_redis_error!r}",

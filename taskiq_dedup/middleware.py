@@ -60,6 +60,7 @@ from taskiq_dedup.stock_schedules import StockNaming
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
     from taskiq.abc.broker import AsyncBroker
     from taskiq.message import TaskiqMessage
     from taskiq.result import TaskiqResult
@@ -144,7 +145,7 @@ class DedupMiddleware(TaskiqMiddleware):
         self,
         *,
         redis_url: str | None = None,
-        redis: Redis | None = None,
+        redis: Redis | RedisCluster | None = None,
         prefix: str = DEFAULT_PREFIX,
         lease_ttl: float = LEASE_TTL,
         done_ttl: float = DONE_TTL,

@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from collections.abc import Coroutine, Mapping, Sequence
 
     from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
 
 logger = logging.getLogger("taskiq_dedup.source")
 
@@ -163,7 +164,7 @@ class CompositeScheduleSource(ScheduleSource):
         sources: Sequence[ScheduleSource],
         *,
         redis_url: str | None = None,
-        redis: Redis | None = None,
+        redis: Redis | RedisCluster | None = None,
         prefix: str = DEFAULT_PREFIX,
         add_to: ScheduleSource | None = None,
         on_claim_error: OnClaimError = "skip",
