@@ -51,7 +51,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from taskiq_dedup.checks import check_server
 from taskiq_dedup.claims import CLAIM_RETRY_WINDOW, PENDING_LEASE, FiringClaims, default_holder
 from taskiq_dedup.clock import Clock, utc_now
-from taskiq_dedup.connection import redacted, resolve_redis
+from taskiq_dedup.connection import check_min_replicas, redacted, resolve_redis
 from taskiq_dedup.deadlines import REDIS_ERRORS
 from taskiq_dedup.errors import ConfigurationError
 from taskiq_dedup.firing import Attempt, FiringCoordinator
@@ -298,6 +298,9 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
     :param instance_lease: seconds a running job's lease (``max_instances=1``)
         lives without a heartbeat: how soon a crashed worker's job runs elsewhere.
     :param clock: returns "now"; replace it in tests.
+    :param min_replicas: after each claim, confirm and release, wait for this
+        many replicas to acknowledge it (``replication``); fewer in time is
+        handled as Redis being unavailable (``on_redis_error``). Default 0: off.
     :param connection_kwargs: passed to ``Redis.from_url``.
     """
 
@@ -313,6 +316,7 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
         pending_lease: float = PENDING_LEASE,
         instance_lease: float = INSTANCE_LEASE,
         clock: Clock = utc_now,
+        min_replicas: int = 0,
         **connection_kwargs: Any,  # noqa: ANN401 -- forwarded to redis-py
     ) -> None:
         super().__init__()
@@ -347,6 +351,7 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
         self._pending_lease = pending_lease
         self._connection_kwargs = connection_kwargs
         self._instance_lease = instance_lease
+        self._min_replicas = min_replicas
         self._running: dict[tuple[str, float], Instance] = {}
         """Job leases held for runs here, by (job id, run time): released when they end."""
         self._running_lock = threading.Lock()
@@ -360,6 +365,7 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
     def _new_claims(self) -> FiringClaims:
         """Make a client (closed at shutdown) and the claim scripts on it."""
         self._redis, _ = resolve_redis(self.redis_url, None, self._connection_kwargs)
+        check_min_replicas(self._redis, self._min_replicas)
         self._instances = InstanceLeases(
             Leases(self._redis),
             self._holder,
@@ -371,6 +377,7 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
             self._holder,
             retry_window=self._retry_window,
             pending_lease=self._pending_lease,
+            min_replicas=self._min_replicas,
         )
 
     @property

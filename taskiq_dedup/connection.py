@@ -24,7 +24,14 @@ from taskiq_dedup.topology import Topology, parse_redis_url, redacted
 if TYPE_CHECKING:
     from redis.asyncio.sentinel import SentinelConnectionPool
 
-__all__ = ["RECONNECT_RETRIES", "SentinelMaster", "is_cluster", "redacted", "resolve_redis"]
+__all__ = [
+    "RECONNECT_RETRIES",
+    "SentinelMaster",
+    "check_min_replicas",
+    "is_cluster",
+    "redacted",
+    "resolve_redis",
+]
 
 RECONNECT_RETRIES = 3
 """Retries of a command that met a dropped connection: enough to reconnect
@@ -45,6 +52,26 @@ class SentinelMaster(Redis):
 def is_cluster(redis: object) -> bool:
     """Whether ``redis`` is a Cluster client (its pipelines run no scripts)."""
     return isinstance(redis, RedisCluster)
+
+
+def check_min_replicas(redis: object, min_replicas: object) -> int:
+    """Return ``min_replicas`` if ``redis`` can honour it, else raise ``ConfigurationError``.
+
+    A Cluster client cannot: its pipelines run no scripts, so the ``WAIT`` would
+    go out on another connection than the write, and prove nothing.
+    """
+    if isinstance(min_replicas, bool) or not isinstance(min_replicas, int) or min_replicas < 0:
+        raise ConfigurationError(
+            detail=f"min_replicas must be an integer >= 0, got {min_replicas!r}",
+        )
+    if min_replicas and is_cluster(redis):
+        raise ConfigurationError(
+            detail=(
+                f"min_replicas={min_replicas} needs a one-node or Sentinel client; a Cluster "
+                "client cannot send WAIT on the connection that made the write"
+            ),
+        )
+    return min_replicas
 
 
 def resolve_redis(

@@ -42,7 +42,7 @@ from taskiq.exceptions import NoResultError
 from taskiq_dedup import broker_checks, skip
 from taskiq_dedup.checks import check_server
 from taskiq_dedup.clock import Clock, utc_now
-from taskiq_dedup.connection import resolve_redis
+from taskiq_dedup.connection import check_min_replicas, resolve_redis
 from taskiq_dedup.deadlines import ATTEMPT_TIMEOUT, OPERATION_DEADLINE, REDIS_ERRORS, within
 from taskiq_dedup.errors import ConfigurationError, DedupUnavailableError
 from taskiq_dedup.holding import Hold, Holds
@@ -137,6 +137,9 @@ class DedupMiddleware(TaskiqMiddleware):
     - ``on_redis_error``: ``"reject"`` (fail-closed, default) or
       ``"execute"`` (fail-open); see the module docstring.
     - ``clock``: "now" for naming a stock scheduler's firing.
+    - ``min_replicas``: claims, done marks, releases and idempotency bindings
+      wait for that many replicas (``replication``); fewer in time is handled
+      as a Redis error (``on_redis_error``). Default 0: off.
 
     ``stats`` is a ``DedupStats`` snapshot of the counters.
     """
@@ -155,6 +158,7 @@ class DedupMiddleware(TaskiqMiddleware):
         rerun_lost: bool | None = None,
         on_redis_error: OnRedisError = "reject",
         clock: Clock = utc_now,
+        min_replicas: int = 0,
         **connection_kwargs: Any,  # noqa: ANN401 -- forwarded to redis-py
     ) -> None:
         super().__init__()
@@ -204,7 +208,8 @@ class DedupMiddleware(TaskiqMiddleware):
         self.on_redis_error: OnRedisError = on_redis_error
         self.clock = clock
         self._rerun_lost = rerun_lost
-        self._leases = Leases(self.redis)
+        self.min_replicas = check_min_replicas(self.redis, min_replicas)
+        self._leases = Leases(self.redis, min_replicas=self.min_replicas)
         self._binder = Binder(
             self._leases,
             retention_ms=self.idempotency_ms,

@@ -34,7 +34,7 @@ from taskiq_dedup.claims import (
     default_holder,
 )
 from taskiq_dedup.clock import Clock, utc_now
-from taskiq_dedup.connection import resolve_redis
+from taskiq_dedup.connection import check_min_replicas, resolve_redis
 from taskiq_dedup.errors import (
     ConfigurationError,
     InvalidScheduleError,
@@ -156,6 +156,9 @@ class CompositeScheduleSource(ScheduleSource):
         failed (retried here), and a slot a busy tick skipped. Default: the broker
         of the first child that has one (``LabelScheduleSource``); without one, a
         later tick sends them.
+    :param min_replicas: after each claim, confirm and release, wait for this
+        many replicas to acknowledge it (``WAIT``, ``replication``); fewer in time
+        is handled as Redis being unavailable (``on_claim_error``). Default 0: off.
     :param connection_kwargs: passed to ``Redis.from_url`` with ``redis_url``.
     """
 
@@ -174,6 +177,7 @@ class CompositeScheduleSource(ScheduleSource):
         claim_retry_window: float = CLAIM_RETRY_WINDOW,
         pending_lease: float = PENDING_LEASE,
         broker: AsyncBroker | None = None,
+        min_replicas: int = 0,
         **connection_kwargs: Any,  # noqa: ANN401 -- forwarded to redis-py
     ) -> None:
         self.sources = list(sources)
@@ -201,6 +205,7 @@ class CompositeScheduleSource(ScheduleSource):
             )
         self.keys = KeySpace(prefix)
         self.redis, self._owns_redis = resolve_redis(redis_url, redis, connection_kwargs)
+        self.min_replicas = check_min_replicas(self.redis, min_replicas)
         self.add_to = add_to
         self.on_claim_error = on_claim_error
         self.one_off_grace = one_off_grace
@@ -210,6 +215,7 @@ class CompositeScheduleSource(ScheduleSource):
             holder or default_holder(),
             retry_window=claim_retry_window,
             pending_lease=pending_lease,
+            min_replicas=self.min_replicas,
         )
         self.firings = FiringCoordinator(
             self.claims,

@@ -44,6 +44,10 @@ MASTER_NAME = "primary"
 DOWN_AFTER_MS = 1000
 """Sentinel's ``down-after-milliseconds``: a killed primary is seen down in 1 s."""
 
+SYNC_AT_ONCE = ["--repl-diskless-sync-delay", "0"]
+"""A replica's first sync starts at once, not after Redis's default 5 s wait for
+more replicas to share one transfer (also after a failover)."""
+
 FAILOVER_TIMEOUT_MS = 3000
 """Sentinel's ``failover-timeout``: how long before a stuck failover is retried."""
 
@@ -176,13 +180,13 @@ class SentinelSet:
 
     def start(self) -> SentinelSet:
         try:
-            self.primary = RedisServer().start()
+            self.primary = RedisServer(extra_args=SYNC_AT_ONCE).start()
             for _ in range(2):
                 replica = RedisServer(
-                    extra_args=["--replicaof", "127.0.0.1", str(self.primary.port)],
+                    extra_args=[*SYNC_AT_ONCE, "--replicaof", "127.0.0.1", str(self.primary.port)],
                 )
                 self.replicas.append(replica.start())
-            _poll(lambda: self._connected_replicas(self.primary) == 2, "2 replicas in sync")
+            _poll(lambda: self._online_replicas(self.primary) == 2, "2 replicas in sync")
             for _ in range(3):
                 self._start_sentinel(self.primary.port)
             _poll(self._sentinels_ready, "3 sentinels that see 2 replicas and each other")
@@ -212,10 +216,12 @@ class SentinelSet:
         self.sentinel_ports.append(port)
 
     @staticmethod
-    def _connected_replicas(server: RedisServer | None) -> int:
+    def _online_replicas(server: RedisServer | None) -> int:
         assert server is not None
         with Redis(port=server.port, socket_timeout=1) as client:
-            return int(client.info("replication")["connected_slaves"])
+            info = client.info("replication")
+        replicas = [info.get(f"slave{n}", {}) for n in range(int(info["connected_slaves"]))]
+        return sum(1 for replica in replicas if replica.get("state") == "online")
 
     def _sentinels_ready(self) -> bool:
         for port in self.sentinel_ports:
