@@ -158,6 +158,25 @@ class LocalCluster:
             node.close()
 
 
+def replicas_acknowledge(port: int, count: int) -> bool:
+    """Whether ``count`` replicas of the server on ``port`` acknowledge a write now.
+
+    A replica the primary already lists as ``online`` may not acknowledge for
+    about a second after its first sync, so readiness is a write and a ``WAIT``
+    on its connection (one pipeline).
+    """
+    with Redis(port=port, socket_timeout=2) as client:
+        pipe = client.pipeline(transaction=False)
+        pipe.set("replication-probe", "1")
+        pipe.execute_command("WAIT", count, 100)
+        return int(pipe.execute()[-1]) >= count
+
+
+def wait_for_replicas(port: int, count: int) -> None:
+    """Wait until ``count`` replicas of the server on ``port`` acknowledge writes."""
+    _poll(lambda: replicas_acknowledge(port, count), f"{count} replica(s) acknowledging")
+
+
 class SentinelSet:
     """A primary, two replicas and three sentinels watching it."""
 
@@ -186,7 +205,7 @@ class SentinelSet:
                     extra_args=[*SYNC_AT_ONCE, "--replicaof", "127.0.0.1", str(self.primary.port)],
                 )
                 self.replicas.append(replica.start())
-            _poll(lambda: self._online_replicas(self.primary) == 2, "2 replicas in sync")
+            wait_for_replicas(self.primary.port, 2)
             for _ in range(3):
                 self._start_sentinel(self.primary.port)
             _poll(self._sentinels_ready, "3 sentinels that see 2 replicas and each other")
@@ -214,14 +233,6 @@ class SentinelSet:
         )
         self._sentinels.append(process)
         self.sentinel_ports.append(port)
-
-    @staticmethod
-    def _online_replicas(server: RedisServer | None) -> int:
-        assert server is not None
-        with Redis(port=server.port, socket_timeout=1) as client:
-            info = client.info("replication")
-        replicas = [info.get(f"slave{n}", {}) for n in range(int(info["connected_slaves"]))]
-        return sum(1 for replica in replicas if replica.get("state") == "online")
 
     def _sentinels_ready(self) -> bool:
         for port in self.sentinel_ports:
