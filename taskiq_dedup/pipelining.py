@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from redis.asyncio import Redis
 
+from taskiq_dedup.cluster_batches import send_per_node
 from taskiq_dedup.replication import run_replicated
 
 if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
+    from redis.asyncio.cluster import RedisCluster
     from redis.commands.core import AsyncScript
 
 MAX_BATCH = 1000
@@ -143,8 +145,12 @@ class ScriptPipeline:
         if self.min_replicas:
             calls = [(call.script, call.keys, call.args) for call in batch]
             return await run_replicated(self._redis, self._reused_pipe(), calls, self.min_replicas)
-        if len(batch) == 1 or not isinstance(self._redis, Redis):
-            # One call, or a cluster client (its pipelines run no scripts): plain calls.
+        client: object = self._redis  # typed Redis, but a Cluster client also comes here
+        if not isinstance(client, Redis):
+            # A Cluster client's pipelines run no scripts: one pipeline per node instead.
+            calls = [(call.script, call.keys, call.args) for call in batch]
+            return await send_per_node(cast("RedisCluster", client), calls)
+        if len(batch) == 1:
             return list(
                 await asyncio.gather(
                     *(call.script(keys=call.keys, args=call.args) for call in batch),

@@ -9,17 +9,19 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
 from taskiq import InMemoryBroker, TaskiqScheduler
 from taskiq.kicker import AsyncKicker
 from taskiq.schedule_sources import LabelScheduleSource
 
 from taskiq_dedup import CompositeScheduleSource, DedupMiddleware
 from taskiq_dedup.claims import FiringClaims
+from taskiq_dedup.cluster_batches import send_per_node
 from taskiq_dedup.connection import resolve_redis
 from taskiq_dedup.keys import KeySpace
 from taskiq_dedup.leases import Leases
@@ -183,3 +185,29 @@ async def test_three_schedulers_and_a_redelivery_run_a_firing_once(
         for source in sources:
             await source.shutdown()
         await broker.shutdown()
+
+
+async def test_cluster_batches_go_one_pipeline_per_node_and_follow_redirects(
+    redis_cluster: LocalCluster, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls grouped under a stale slot table meet MOVED and are sent again alone;
+    a script's own error (WRONGTYPE) is returned, not sent again."""
+    cluster = RedisCluster(host="127.0.0.1", port=redis_cluster.nodes[0].port)
+    try:
+        claims = FiringClaims(cast("Redis", cluster), "s1")
+        keys = await spread_keys(cast("Redis", cluster), KeySpace(prefix).firings)
+        await cluster.set(keys[0], "not a hash")
+        script = claims._claim  # the claim script, as FiringClaims sends it
+        calls = [(script, [key], [f"a-{key}", 5000, TTL_MS, SLOT, SLOT]) for key in keys]
+        stale = cluster.get_primaries()[0]
+        monkeypatch.setattr(cluster, "get_node_from_key", lambda *_: stale)
+        replies = await send_per_node(cluster, calls)
+        assert isinstance(replies[0], ResponseError)
+        assert "WRONGTYPE" in str(replies[0])
+        assert [reply[0] for reply in replies[1:]] == [b"won"] * (len(keys) - 1)
+        # every claim is on the node owning its key, and counts there
+        monkeypatch.undo()
+        for key in keys[1:]:
+            assert (await claims.claim(key, f"a-{key}", [SLOT], TTL_MS)).verdict == "won"
+    finally:
+        await cluster.aclose()
