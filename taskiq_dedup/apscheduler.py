@@ -365,7 +365,7 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
     def _new_claims(self) -> FiringClaims:
         """Make a client (closed at shutdown) and the claim scripts on it."""
         self._redis, _ = resolve_redis(self.redis_url, None, self._connection_kwargs)
-        check_min_replicas(self._redis, self._min_replicas)
+        check_min_replicas(self._min_replicas)
         self._instances = InstanceLeases(
             Leases(self._redis),
             self._holder,

@@ -54,22 +54,11 @@ def is_cluster(redis: object) -> bool:
     return isinstance(redis, RedisCluster)
 
 
-def check_min_replicas(redis: object, min_replicas: object) -> int:
-    """Return ``min_replicas`` if ``redis`` can honour it, else raise ``ConfigurationError``.
-
-    A Cluster client cannot: its pipelines run no scripts, so the ``WAIT`` would
-    go out on another connection than the write, and prove nothing.
-    """
+def check_min_replicas(min_replicas: object) -> int:
+    """Return ``min_replicas`` if it is an integer >= 0, else raise ``ConfigurationError``."""
     if isinstance(min_replicas, bool) or not isinstance(min_replicas, int) or min_replicas < 0:
         raise ConfigurationError(
             detail=f"min_replicas must be an integer >= 0, got {min_replicas!r}",
-        )
-    if min_replicas and is_cluster(redis):
-        raise ConfigurationError(
-            detail=(
-                f"min_replicas={min_replicas} needs a one-node or Sentinel client; a Cluster "
-                "client cannot send WAIT on the connection that made the write"
-            ),
         )
     return min_replicas
 

@@ -208,7 +208,7 @@ class DedupMiddleware(TaskiqMiddleware):
         self.on_redis_error: OnRedisError = on_redis_error
         self.clock = clock
         self._rerun_lost = rerun_lost
-        self.min_replicas = check_min_replicas(self.redis, min_replicas)
+        self.min_replicas = check_min_replicas(min_replicas)
         self._leases = Leases(self.redis, min_replicas=self.min_replicas)
         self._binder = Binder(
             self._leases,

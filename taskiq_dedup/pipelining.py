@@ -52,8 +52,8 @@ class ScriptPipeline:
 
     A call made while nothing is on the wire is sent at once, as a plain script
     call. Calls made while one is on the wire wait for it and then go out
-    together as one pipeline. ``min_replicas`` (not on a Cluster client, whose
-    pipelines run no scripts): each call also waits for that many replicas.
+    together as one pipeline (one per node on a Cluster client). ``min_replicas``:
+    each call also waits for that many replicas.
     """
 
     def __init__(self, redis: Redis, *, min_replicas: int = 0) -> None:
@@ -95,10 +95,16 @@ class ScriptPipeline:
     async def _one(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:  # noqa: ANN401 -- a script's reply
         if not self.min_replicas:
             return await script(keys=keys, args=args)
+        client: object = self._redis  # typed Redis, but a Cluster client also comes here
         try:
-            (reply,) = await run_replicated(
-                self._redis, self._reused_pipe(), [(script, keys, args)], self.min_replicas
-            )
+            if isinstance(client, Redis):
+                (reply,) = await run_replicated(
+                    client, self._reused_pipe(), [(script, keys, args)], self.min_replicas
+                )
+            else:
+                calls = [(script, keys, args)]
+                cluster = cast("RedisCluster", client)
+                (reply,) = await send_per_node(cluster, calls, self.min_replicas)
         except BaseException:
             self._pipe = None  # a pipeline cut mid-reply is not reused
             raise
@@ -142,14 +148,14 @@ class ScriptPipeline:
             self._busy = False
 
     async def _send(self, batch: list[_Call]) -> list[Any]:
-        if self.min_replicas:
+        client: object = self._redis  # typed Redis, but a Cluster client also comes here
+        if self.min_replicas and isinstance(client, Redis):
             calls = [(call.script, call.keys, call.args) for call in batch]
             return await run_replicated(self._redis, self._reused_pipe(), calls, self.min_replicas)
-        client: object = self._redis  # typed Redis, but a Cluster client also comes here
         if not isinstance(client, Redis):
             # A Cluster client's pipelines run no scripts: one pipeline per node instead.
             calls = [(call.script, call.keys, call.args) for call in batch]
-            return await send_per_node(cast("RedisCluster", client), calls)
+            return await send_per_node(cast("RedisCluster", client), calls, self.min_replicas)
         if len(batch) == 1:
             return list(
                 await asyncio.gather(

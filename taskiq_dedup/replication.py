@@ -13,7 +13,7 @@ Redis being unavailable. Heartbeats (lease extensions) are not waited for.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from redis.exceptions import NoScriptError, RedisError
 
@@ -57,23 +57,33 @@ async def run_replicated(
         for script in {id(call[0]): call[0] for call in calls}.values():
             script.sha = await redis.script_load(script.script)
         replies = await _send(pipe, calls, min_replicas)
-    acked = replies[-1]
-    if isinstance(acked, BaseException):
-        return [acked] * len(calls)
-    if int(acked) < min_replicas:
-        error = ReplicasMissingError(
-            f"{acked} of {min_replicas} replica(s) acknowledged within {REPLICA_ACK_TIMEOUT_MS} ms",
-        )
-        logger.warning(
-            "Only %s of min_replicas=%d replica(s) acknowledged %d write(s) within %d ms; "
-            "handled as Redis being unavailable",
-            acked,
-            min_replicas,
-            len(calls),
-            REPLICA_ACK_TIMEOUT_MS,
-        )
+    error = shortfall(replies[-1], min_replicas, len(calls))
+    if error is not None:
         return [error] * len(calls)
     return replies[:-1]
+
+
+def shortfall(acked: object, min_replicas: int, writes: int) -> BaseException | None:
+    """Return the error for ``writes`` calls if ``WAIT``'s reply ``acked`` is short, else None.
+
+    A short count is logged at WARNING; an error reply of ``WAIT`` itself is
+    returned as it is.
+    """
+    if isinstance(acked, BaseException):
+        return acked
+    if int(cast("int", acked)) >= min_replicas:
+        return None
+    logger.warning(
+        "Only %s of min_replicas=%d replica(s) acknowledged %d write(s) within %d ms; "
+        "handled as Redis being unavailable",
+        acked,
+        min_replicas,
+        writes,
+        REPLICA_ACK_TIMEOUT_MS,
+    )
+    return ReplicasMissingError(
+        f"{acked} of {min_replicas} replica(s) acknowledged within {REPLICA_ACK_TIMEOUT_MS} ms",
+    )
 
 
 async def _send(pipe: Pipeline, calls: Sequence[Call], min_replicas: int) -> list[Any]:

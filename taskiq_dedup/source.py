@@ -205,7 +205,7 @@ class CompositeScheduleSource(ScheduleSource):
             )
         self.keys = KeySpace(prefix)
         self.redis, self._owns_redis = resolve_redis(redis_url, redis, connection_kwargs)
-        self.min_replicas = check_min_replicas(self.redis, min_replicas)
+        self.min_replicas = check_min_replicas(min_replicas)
         self.add_to = add_to
         self.on_claim_error = on_claim_error
         self.one_off_grace = one_off_grace

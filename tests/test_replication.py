@@ -18,8 +18,8 @@ from taskiq_dedup.claims import FiringClaims
 from taskiq_dedup.connection import resolve_redis
 from taskiq_dedup.errors import ConfigurationError
 from taskiq_dedup.keys import KeySpace
-from taskiq_dedup.replication import REPLICA_ACK_TIMEOUT_MS
-from tests.support.topologies import SentinelSet
+from taskiq_dedup.replication import REPLICA_ACK_TIMEOUT_MS, ReplicasMissingError
+from tests.support.topologies import LocalCluster, SentinelSet, spread_keys
 
 SLOT = 1_700_000_000
 TTL_MS = 600_000
@@ -148,13 +148,35 @@ async def test_acknowledged_claims_survive_a_failover_and_claiming_goes_on(
         await client.aclose()
 
 
-def test_min_replicas_is_validated_and_refused_on_a_cluster() -> None:
-    cluster_url = "redis+cluster://127.0.0.1:7000"  # no connection is made at construction
+def test_min_replicas_is_validated() -> None:
     for bad in (-1, 1.5, True, "1"):
         with pytest.raises(ConfigurationError, match="min_replicas must be an integer"):
             DedupMiddleware(redis_url="redis://127.0.0.1:1/0", min_replicas=bad)  # type: ignore[arg-type]
-    with pytest.raises(ConfigurationError, match="Cluster client cannot send WAIT"):
-        CompositeScheduleSource(
-            [LabelScheduleSource(InMemoryBroker())], redis_url=cluster_url, min_replicas=1
+
+
+async def test_min_replicas_on_a_cluster_waits_on_each_nodes_pipeline(
+    redis_cluster: LocalCluster, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    client, _ = resolve_redis(redis_cluster.url, None, {})
+    try:
+        claims = FiringClaims(client, "s1", min_replicas=1)
+        keys = await spread_keys(client, KeySpace(prefix).firings)
+        replies = await asyncio.gather(
+            *(claims.claim(key, claims.new_attempt(), [SLOT], TTL_MS) for key in keys),
         )
-    assert DedupMiddleware(redis_url=cluster_url, min_replicas=0).min_replicas == 0
+        assert all(reply.won for reply in replies)  # one pipeline + WAIT per primary
+
+        primaries = redis_cluster.primaries()
+        replicas = [node for node in redis_cluster.nodes if node not in primaries]
+        caplog.set_level(logging.WARNING, logger="taskiq_dedup.replication")
+        for replica in replicas:
+            replica.pause()
+        try:
+            with pytest.raises(ReplicasMissingError):
+                await claims.claim(keys[-1] + "x", claims.new_attempt(), [SLOT], TTL_MS)
+        finally:
+            for replica in replicas:
+                replica.resume()
+        assert any("min_replicas=1" in r.getMessage() for r in caplog.records)
+    finally:
+        await client.aclose()

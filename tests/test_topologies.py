@@ -25,11 +25,10 @@ from taskiq_dedup.cluster_batches import send_per_node
 from taskiq_dedup.connection import resolve_redis
 from taskiq_dedup.keys import KeySpace
 from taskiq_dedup.leases import Leases
-from tests.support.topologies import LocalCluster, SentinelSet
+from tests.support.topologies import LocalCluster, SentinelSet, spread_keys
 
 SLOT = 1_700_000_000
 TTL_MS = 60_000
-KEYS_PER_NODE = 4
 TOKEN_A, TOKEN_B, TOKEN_C = "owner-a", "owner-b", "owner-c"
 
 
@@ -56,23 +55,6 @@ async def clients(topology_url: str) -> AsyncIterator[Callable[[], Redis]]:
     yield make
     for client in made:
         await client.aclose()
-
-
-async def spread_keys(client: Redis, make_key: Callable[[str], str]) -> list[str]:
-    """Keys covering every primary of a cluster (``KEYS_PER_NODE`` each); 12 otherwise."""
-    if not isinstance(client, RedisCluster):
-        return [make_key(f"s{n}") for n in range(3 * KEYS_PER_NODE)]
-    await client.initialize()
-    by_node: dict[str, list[str]] = {node.name: [] for node in client.get_primaries()}
-    assert len(by_node) == 3
-    n = 0
-    while any(len(keys) < KEYS_PER_NODE for keys in by_node.values()):
-        key = make_key(f"s{n}")
-        node = client.get_node_from_key(key)
-        if len(by_node[node.name]) < KEYS_PER_NODE:
-            by_node[node.name].append(key)
-        n += 1
-    return [key for keys in by_node.values() for key in keys]
 
 
 async def test_one_winner_per_firing_among_concurrent_clients(

@@ -26,12 +26,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from redis import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from tests.support.redis_server import RedisServer, free_port, redis_server_binary
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from redis.asyncio import Redis as AsyncRedis
+
+KEYS_PER_NODE = 4
 
 READY_TIMEOUT = 30.0
 """Seconds a set may take to be usable: cluster creation waits for gossip in
@@ -112,6 +118,7 @@ class LocalCluster:
                     extra_args=[
                         *("--cluster-enabled", "yes"),
                         *("--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS)),
+                        *SYNC_AT_ONCE,
                     ],
                 )
                 self.nodes.append(node.start())
@@ -131,6 +138,8 @@ class LocalCluster:
                 timeout=READY_TIMEOUT,
             )
             _poll(self._settled, "cluster_state:ok on all 6 nodes")
+            for primary, key in self._probe_keys():
+                wait_for_replicas(primary.port, 1, key)
         except BaseException:
             self.close()
             raise
@@ -143,6 +152,21 @@ class LocalCluster:
                 if info.get("cluster_state") != "ok" or int(info.get("cluster_known_nodes")) != 6:
                     return False
         return True
+
+    def _probe_keys(self) -> list[tuple[RedisServer, str]]:
+        """Each primary with a key in one of its slots."""
+        with Redis(port=self.nodes[0].port, socket_timeout=1) as client:
+            ranges = {int(r[2][1]): (int(r[0]), int(r[1])) for r in client.cluster("SLOTS")}
+        probes = []
+        for node in self.primaries():
+            low, high = ranges[node.port]
+            key = next(
+                f"probe-{n}"
+                for n in range(100_000)
+                if low <= key_slot(f"probe-{n}".encode()) <= high
+            )
+            probes.append((node, key))
+        return probes
 
     def primaries(self) -> list[RedisServer]:
         """The nodes that are primaries now."""
@@ -158,23 +182,24 @@ class LocalCluster:
             node.close()
 
 
-def replicas_acknowledge(port: int, count: int) -> bool:
+def replicas_acknowledge(port: int, count: int, key: str = "replication-probe") -> bool:
     """Whether ``count`` replicas of the server on ``port`` acknowledge a write now.
 
     A replica the primary already lists as ``online`` may not acknowledge for
-    about a second after its first sync, so readiness is a write and a ``WAIT``
-    on its connection (one pipeline).
+    about a second after its first sync, so readiness is a write (of ``key``,
+    which on a cluster node must be in one of its slots) and a ``WAIT`` on its
+    connection (one pipeline).
     """
     with Redis(port=port, socket_timeout=2) as client:
         pipe = client.pipeline(transaction=False)
-        pipe.set("replication-probe", "1")
+        pipe.set(key, "1")
         pipe.execute_command("WAIT", count, 100)
         return int(pipe.execute()[-1]) >= count
 
 
-def wait_for_replicas(port: int, count: int) -> None:
+def wait_for_replicas(port: int, count: int, key: str = "replication-probe") -> None:
     """Wait until ``count`` replicas of the server on ``port`` acknowledge writes."""
-    _poll(lambda: replicas_acknowledge(port, count), f"{count} replica(s) acknowledging")
+    _poll(lambda: replicas_acknowledge(port, count, key), f"{count} replica(s) acknowledging")
 
 
 class SentinelSet:
@@ -276,3 +301,20 @@ class SentinelSet:
         for server in self.servers:
             server.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+async def spread_keys(client: AsyncRedis, make_key: Callable[[str], str]) -> list[str]:
+    """Keys covering every primary of a cluster (``KEYS_PER_NODE`` each); 12 otherwise."""
+    if not isinstance(client, RedisCluster):
+        return [make_key(f"s{n}") for n in range(3 * KEYS_PER_NODE)]
+    await client.initialize()
+    by_node: dict[str, list[str]] = {node.name: [] for node in client.get_primaries()}
+    assert len(by_node) == 3
+    n = 0
+    while any(len(keys) < KEYS_PER_NODE for keys in by_node.values()):
+        key = make_key(f"s{n}")
+        node = client.get_node_from_key(key)
+        if len(by_node[node.name]) < KEYS_PER_NODE:
+            by_node[node.name].append(key)
+        n += 1
+    return [key for keys in by_node.values() for key in keys]
