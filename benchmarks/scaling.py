@@ -27,6 +27,7 @@ import asyncio
 import statistics
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from redis import Redis as SyncRedis
@@ -47,10 +48,20 @@ SLOT = 1_700_000_000
 TTL_MS = 600_000
 
 
-async def claims_per_second(url: str, count: int, *, min_replicas: int = 0) -> float:
-    """Claim and confirm ``count`` firings of distinct schedules; return claims/s."""
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    space = KeySpace(prefix)
+async def claims_per_second(
+    url: str,
+    count: int,
+    *,
+    min_replicas: int = 0,
+    prefix: str | None = None,
+    losing: bool = False,
+) -> float:
+    """Claim and confirm ``count`` firings of distinct schedules; return claims/s.
+
+    ``losing``: the firings under ``prefix`` were sent by an earlier run, so
+    each claim loses (one call, verdict ``sent``), as the other schedulers' do.
+    """
+    space = KeySpace(prefix or f"bench-{uuid.uuid4().hex[:8]}")
     clients: list[Redis] = [resolve_redis(url, None, {})[0] for _ in range(CLIENTS)]
     try:
         claims = [
@@ -68,8 +79,9 @@ async def claims_per_second(url: str, count: int, *, min_replicas: int = 0) -> f
                     key = space.firings(f"s{n}")
                     attempt = claimer.new_attempt()
                     claim = await claimer.claim(key, attempt, [SLOT], TTL_MS)
-                    assert claim.won  # noqa: S101 -- distinct schedules: every claim wins
-                    await claimer.confirm(key, attempt, SLOT, TTL_MS)
+                    assert claim.won != losing  # noqa: S101 -- distinct schedules: all win
+                    if not losing:
+                        await claimer.confirm(key, attempt, SLOT, TTL_MS)
 
             await asyncio.gather(*(lane() for _ in range(IN_FLIGHT)))
 
@@ -147,6 +159,12 @@ def main(argv: list[str] | None = None) -> None:
     single = RedisServer().start()
     try:
         results["single"] = median_rate(single.url, count, repeats)
+        sent = "bench-sent"
+        asyncio.run(claims_per_second(single.url, count, prefix=sent))
+        results["single, losing claims"] = statistics.median(
+            asyncio.run(claims_per_second(single.url, count, prefix=sent, losing=True))
+            for _ in range(repeats)
+        )
         results["memory"] = asyncio.run(memory_per_key(single, memory_count))
     finally:
         single.close()
@@ -169,9 +187,10 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         cluster.close()
 
+    print(f"load average at the end: {Path('/proc/loadavg').read_text().split()[:3]}")
     print(f"{count} firings (claim + confirm) per run, {CLIENTS} clients x {IN_FLIGHT} in flight")
     print(f"median of {repeats} run(s), claims/s:")
-    for arm in ("single", "single+min_replicas=1", "cluster"):
+    for arm in ("single", "single+min_replicas=1", "cluster", "single, losing claims"):
         print(f"  {arm:24} {results[arm]:10.0f}")
     memory = results["memory"]
     print(f"memory per schedule's claim state: {memory['claim_state']:.0f} B")
