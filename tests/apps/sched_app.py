@@ -1,6 +1,8 @@
 """A scheduler app for multi-process tests, configured by the environment.
 
-``REDIS_URL`` and ``DEDUP_PREFIX`` pick the server and environment; ``DEDUP_OFF=1``
+``REDIS_URL`` and ``DEDUP_PREFIX`` pick the server and environment; the claims
+go to ``DEDUP_REDIS_URL`` if set (a Sentinel or Cluster URL), with
+``DEDUP_MIN_REPLICAS`` (default 0); ``DEDUP_OFF=1``
 builds taskiq as shipped (plain sources) for comparison. Every execution is
 appended to the Redis list ``<prefix>:executions`` as JSON.
 
@@ -30,6 +32,8 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:1/0")
 PREFIX = os.environ.get("DEDUP_PREFIX", "sched-app")
 DEDUP_OFF = os.environ.get("DEDUP_OFF") == "1"
 ONE_OFF_AT = os.environ.get("ONE_OFF_AT")
+DEDUP_REDIS_URL = os.environ.get("DEDUP_REDIS_URL") or REDIS_URL
+MIN_REPLICAS = int(os.environ.get("DEDUP_MIN_REPLICAS", "0"))
 
 broker = ListQueueBroker(REDIS_URL, queue_name=f"{PREFIX}:queue")
 label_source = LabelScheduleSource(broker)
@@ -39,7 +43,10 @@ redis_source = ListRedisScheduleSource(
     serializer=JSONSerializer(),
 )
 composite = CompositeScheduleSource(
-    [label_source, redis_source], redis_url=REDIS_URL, prefix=PREFIX
+    [label_source, redis_source],
+    redis_url=DEDUP_REDIS_URL,
+    prefix=PREFIX,
+    min_replicas=MIN_REPLICAS,
 )
 sources: list[ScheduleSource] = [label_source, redis_source] if DEDUP_OFF else [composite]
 scheduler = TaskiqScheduler(broker, sources=sources)
