@@ -351,7 +351,7 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
         self._pending_lease = pending_lease
         self._connection_kwargs = connection_kwargs
         self._instance_lease = instance_lease
-        self._min_replicas = min_replicas
+        self._min_replicas = check_min_replicas(min_replicas)
         self._running: dict[tuple[str, float], Instance] = {}
         """Job leases held for runs here, by (job id, run time): released when they end."""
         self._running_lock = threading.Lock()
@@ -365,7 +365,6 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
     def _new_claims(self) -> FiringClaims:
         """Make a client (closed at shutdown) and the claim scripts on it."""
         self._redis, _ = resolve_redis(self.redis_url, None, self._connection_kwargs)
-        check_min_replicas(self._min_replicas)
         self._instances = InstanceLeases(
             Leases(self._redis),
             self._holder,

@@ -148,10 +148,21 @@ async def test_acknowledged_claims_survive_a_failover_and_claiming_goes_on(
         await client.aclose()
 
 
-def test_min_replicas_is_validated() -> None:
-    for bad in (-1, 1.5, True, "1"):
-        with pytest.raises(ConfigurationError, match="min_replicas must be an integer"):
-            DedupMiddleware(redis_url="redis://127.0.0.1:1/0", min_replicas=bad)  # type: ignore[arg-type]
+def test_min_replicas_is_validated_by_every_component() -> None:
+    from taskiq_dedup.apscheduler import DedupExecutor  # noqa: PLC0415 -- an optional extra
+
+    url = "redis://127.0.0.1:1/0"
+    makers = (
+        lambda bad: DedupMiddleware(redis_url=url, min_replicas=bad),
+        lambda bad: DedupExecutor(redis_url=url, min_replicas=bad),
+        lambda bad: CompositeScheduleSource(
+            [LabelScheduleSource(InMemoryBroker())], redis_url=url, min_replicas=bad
+        ),
+    )
+    for make in makers:
+        for bad in (-1, 1.5, True, "1"):
+            with pytest.raises(ConfigurationError, match="min_replicas must be an integer"):
+                make(bad)
 
 
 async def test_min_replicas_on_a_cluster_waits_on_each_nodes_pipeline(
