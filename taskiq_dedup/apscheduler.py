@@ -51,7 +51,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from taskiq_dedup.checks import check_server
 from taskiq_dedup.claims import CLAIM_RETRY_WINDOW, PENDING_LEASE, FiringClaims, default_holder
 from taskiq_dedup.clock import Clock, utc_now
-from taskiq_dedup.connection import redacted, resolve_redis
+from taskiq_dedup.connection import check_min_replicas, redacted, resolve_redis
 from taskiq_dedup.deadlines import REDIS_ERRORS
 from taskiq_dedup.errors import ConfigurationError
 from taskiq_dedup.firing import Attempt, FiringCoordinator
@@ -61,6 +61,7 @@ from taskiq_dedup.keys import DEFAULT_PREFIX, KeySpace
 from taskiq_dedup.leases import Leases
 from taskiq_dedup.log_fields import decision
 from taskiq_dedup.metrics import MetricsOption, track
+from taskiq_dedup.topology import parse_redis_url
 from taskiq_dedup.triggers import CLAIM_GRACE, LATE_WINDOW, MAX_CANDIDATES
 
 if TYPE_CHECKING:
@@ -302,6 +303,9 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
     :param metrics: export the counters to Prometheus (docs/METRICS.md): ``True``
         (default) to the default registry when ``prometheus_client`` is installed,
         ``False`` not at all, or a ``CollectorRegistry``.
+    :param min_replicas: after each claim, confirm and release, wait for this
+        many replicas to acknowledge it (``replication``); fewer in time is
+        handled as Redis being unavailable (``on_redis_error``). Default 0: off.
     :param connection_kwargs: passed to ``Redis.from_url``.
     """
 
@@ -318,6 +322,7 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
         instance_lease: float = INSTANCE_LEASE,
         clock: Clock = utc_now,
         metrics: MetricsOption = True,
+        min_replicas: int = 0,
         **connection_kwargs: Any,  # noqa: ANN401 -- forwarded to redis-py
     ) -> None:
         super().__init__()
@@ -325,8 +330,7 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
             raise ConfigurationError(detail=f"inner must be an APScheduler executor, got {inner!r}")
         if isinstance(inner, DedupExecutor):
             raise ConfigurationError(detail="inner must not be another DedupExecutor")
-        if not isinstance(redis_url, str) or not redis_url:
-            raise ConfigurationError(detail=f"redis_url must be a Redis URL, got {redis_url!r}")
+        parse_redis_url(redis_url)  # a malformed URL fails here, naming it
         if on_redis_error not in ("skip", "run"):
             raise ConfigurationError(
                 detail=f"on_redis_error must be 'skip' or 'run', got {on_redis_error!r}",
@@ -353,6 +357,7 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
         self._pending_lease = pending_lease
         self._connection_kwargs = connection_kwargs
         self._instance_lease = instance_lease
+        self._min_replicas = check_min_replicas(min_replicas)
         self._running: dict[tuple[str, float], Instance] = {}
         """Job leases held for runs here, by (job id, run time): released when they end."""
         self._running_lock = threading.Lock()
@@ -378,6 +383,7 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
             self._holder,
             retry_window=self._retry_window,
             pending_lease=self._pending_lease,
+            min_replicas=self._min_replicas,
         )
 
     @property

@@ -39,6 +39,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from taskiq_dedup.ledger import LEDGER_LUA, missed_for_ledger
 from taskiq_dedup.pipelining import ScriptPipeline
+from taskiq_dedup.replication import ReplicasMissingError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -236,6 +237,7 @@ class FiringClaims:
         *,
         retry_window: float = CLAIM_RETRY_WINDOW,
         pending_lease: float = PENDING_LEASE,
+        min_replicas: int = 0,
     ) -> None:
         self.holder = holder
         self.retry_window = retry_window
@@ -243,7 +245,7 @@ class FiringClaims:
         self._claim = redis.register_script(CLAIM_SCRIPT)
         self._confirm = redis.register_script(CONFIRM_SCRIPT)
         self._release = redis.register_script(RELEASE_SCRIPT)
-        self._pipeline = ScriptPipeline(redis)
+        self._pipeline = ScriptPipeline(redis, min_replicas=min_replicas)
 
     def new_attempt(self) -> str:
         """Return a token for one firing attempt: this scheduler's name and a random part."""
@@ -320,8 +322,10 @@ class FiringClaims:
             left = max(deadline - time.monotonic(), MIN_CALL_TIMEOUT)
             try:
                 return await self._pipeline.run(script, [key], args, timeout=left)
-            except ResponseError:
-                raise  # the command itself failed (a forged key, an OOM): not transient
+            except (ResponseError, ReplicasMissingError):
+                # the command itself failed (a forged key, an OOM), or its write may
+                # not survive a failover (WAIT already waited): not transient
+                raise
             except (RedisError, OSError, asyncio.TimeoutError) as exc:
                 if time.monotonic() + delay > deadline:
                     if isinstance(exc, RedisError):

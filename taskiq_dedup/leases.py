@@ -230,11 +230,15 @@ class Binding:
 
 
 class Leases:
-    """Runs the dedup-key scripts on one client (each registered once)."""
+    """Runs the dedup-key scripts on one client (each registered once).
 
-    def __init__(self, redis: Redis) -> None:
+    ``min_replicas``: claims, finishes, releases and bindings wait for that many
+    replicas (``replication``); heartbeats do not.
+    """
+
+    def __init__(self, redis: Redis, *, min_replicas: int = 0) -> None:
         self._redis = redis
-        self._pipeline = ScriptPipeline(redis)
+        self._pipeline = ScriptPipeline(redis, min_replicas=min_replicas)
         self._claim = redis.register_script(CLAIM_SCRIPT)
         self._heartbeat = redis.register_script(HEARTBEAT_SCRIPT)
         self._finish = redis.register_script(FINISH_SCRIPT)

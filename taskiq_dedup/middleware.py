@@ -42,7 +42,7 @@ from taskiq.exceptions import NoResultError
 from taskiq_dedup import broker_checks, skip
 from taskiq_dedup.checks import check_server
 from taskiq_dedup.clock import Clock, utc_now
-from taskiq_dedup.connection import resolve_redis
+from taskiq_dedup.connection import check_min_replicas, resolve_redis
 from taskiq_dedup.deadlines import ATTEMPT_TIMEOUT, OPERATION_DEADLINE, REDIS_ERRORS, within
 from taskiq_dedup.errors import ConfigurationError, DedupUnavailableError
 from taskiq_dedup.holding import Hold, Holds
@@ -64,6 +64,7 @@ from taskiq_dedup.stock_schedules import StockNaming
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
     from taskiq.abc.broker import AsyncBroker
     from taskiq.message import TaskiqMessage
     from taskiq.result import TaskiqResult
@@ -157,6 +158,9 @@ class DedupMiddleware(TaskiqMiddleware):
       installed, ``False`` not at all, or a ``CollectorRegistry``.
     - ``overlap``: the overlap policy of schedules without a ``dedup_overlap``
       label: ``"allow"`` (default), ``"skip"`` or ``"buffer_one"`` (``overlap``).
+    - ``min_replicas``: claims, done marks, releases and idempotency bindings
+      wait for that many replicas (``replication``); fewer in time is handled
+      as a Redis error (``on_redis_error``). Default 0: off.
 
     ``stats`` is a ``DedupStats`` snapshot of the counters.
     """
@@ -165,7 +169,7 @@ class DedupMiddleware(TaskiqMiddleware):
         self,
         *,
         redis_url: str | None = None,
-        redis: Redis | None = None,
+        redis: Redis | RedisCluster | None = None,
         prefix: str = DEFAULT_PREFIX,
         lease_ttl: float = LEASE_TTL,
         done_ttl: float = DONE_TTL,
@@ -177,6 +181,7 @@ class DedupMiddleware(TaskiqMiddleware):
         clock: Clock = utc_now,
         metrics: MetricsOption = True,
         overlap: OverlapPolicy = "allow",
+        min_replicas: int = 0,
         **connection_kwargs: Any,  # noqa: ANN401 -- forwarded to redis-py
     ) -> None:
         super().__init__()
@@ -226,7 +231,8 @@ class DedupMiddleware(TaskiqMiddleware):
         self.on_redis_error: OnRedisError = on_redis_error
         self.clock = clock
         self._rerun_lost = rerun_lost
-        self._leases = Leases(self.redis)
+        self.min_replicas = check_min_replicas(min_replicas)
+        self._leases = Leases(self.redis, min_replicas=self.min_replicas)
         self._binder = Binder(
             self._leases,
             retention_ms=self.idempotency_ms,

@@ -6,6 +6,11 @@ call is still its own atomic script, so batching changes only the cost: a
 burst of firings due at one moment needs a few round trips and one connection
 instead of one of each per decision.
 
+With ``min_replicas`` set, every call, alone or batched, goes out in a pipeline
+followed by one ``WAIT`` (``replication``): one round trip still, and one
+``WAIT`` covers the whole batch, since it counts every earlier write of its
+connection.
+
 A call's ``timeout`` bounds the whole call, counted from when it is made: the
 wait behind a round trip already on the wire, then its own round trip (the
 client's reconnect retries included). A call whose time runs out while queued is
@@ -16,12 +21,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from redis.asyncio import Redis
 
+from taskiq_dedup.cluster_batches import send_per_node
+from taskiq_dedup.replication import run_replicated
+
 if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
+    from redis.asyncio.cluster import RedisCluster
     from redis.commands.core import AsyncScript
 
 MAX_BATCH = 1000
@@ -43,11 +52,13 @@ class ScriptPipeline:
 
     A call made while nothing is on the wire is sent at once, as a plain script
     call. Calls made while one is on the wire wait for it and then go out
-    together as one pipeline.
+    together as one pipeline (one per node on a Cluster client). ``min_replicas``:
+    each call also waits for that many replicas.
     """
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, min_replicas: int = 0) -> None:
         self._redis = redis
+        self.min_replicas = min_replicas
         self._pending: list[_Call] = []
         self._busy = False
         self._sender: asyncio.Task[None] | None = None
@@ -74,12 +85,40 @@ class ScriptPipeline:
             return await asyncio.wait_for(future, timeout)
         self._busy = True
         try:
-            return await asyncio.wait_for(script(keys=keys, args=args), timeout)
+            return await asyncio.wait_for(self._one(script, keys, args), timeout)
         finally:
             if self._pending:
                 self._sender = asyncio.create_task(self._send_pending())
             else:
                 self._busy = False
+
+    async def _one(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:  # noqa: ANN401 -- a script's reply
+        if not self.min_replicas:
+            return await script(keys=keys, args=args)
+        client: object = self._redis  # typed Redis, but a Cluster client also comes here
+        try:
+            if isinstance(client, Redis):
+                (reply,) = await run_replicated(
+                    client, self._reused_pipe(), [(script, keys, args)], self.min_replicas
+                )
+            else:
+                calls = [(script, keys, args)]
+                cluster = cast("RedisCluster", client)
+                (reply,) = await send_per_node(cluster, calls, self.min_replicas)
+        except BaseException:
+            self._pipe = None  # a pipeline cut mid-reply is not reused
+            raise
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
+    def _reused_pipe(self) -> Pipeline:
+        # One call or batch is on the wire at a time, so one pipeline is reused:
+        # making one copies redis-py's table of reply callbacks, which costs more
+        # than a call.
+        if self._pipe is None:
+            self._pipe = self._redis.pipeline(transaction=False)
+        return self._pipe
 
     async def _send_pending(self) -> None:
         try:
@@ -109,19 +148,22 @@ class ScriptPipeline:
             self._busy = False
 
     async def _send(self, batch: list[_Call]) -> list[Any]:
-        if len(batch) == 1 or not isinstance(self._redis, Redis):
-            # One call, or a cluster client (its pipelines run no scripts): plain calls.
+        client: object = self._redis  # typed Redis, but a Cluster client also comes here
+        if self.min_replicas and isinstance(client, Redis):
+            calls = [(call.script, call.keys, call.args) for call in batch]
+            return await run_replicated(self._redis, self._reused_pipe(), calls, self.min_replicas)
+        if not isinstance(client, Redis):
+            # A Cluster client's pipelines run no scripts: one pipeline per node instead.
+            calls = [(call.script, call.keys, call.args) for call in batch]
+            return await send_per_node(cast("RedisCluster", client), calls, self.min_replicas)
+        if len(batch) == 1:
             return list(
                 await asyncio.gather(
                     *(call.script(keys=call.keys, args=call.args) for call in batch),
                     return_exceptions=True,
                 ),
             )
-        # One batch is on the wire at a time, so one pipeline is reused: making one
-        # copies redis-py's table of reply callbacks, which costs more than a call.
-        if self._pipe is None:
-            self._pipe = self._redis.pipeline(transaction=False)
-        pipe = self._pipe
+        pipe = self._reused_pipe()
         for call in batch:
             await call.script(keys=call.keys, args=call.args, client=pipe)
         return list(await pipe.execute(raise_on_error=False))

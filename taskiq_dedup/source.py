@@ -36,7 +36,7 @@ from taskiq_dedup.claims import (
     default_holder,
 )
 from taskiq_dedup.clock import Clock, utc_now
-from taskiq_dedup.connection import resolve_redis
+from taskiq_dedup.connection import check_min_replicas, resolve_redis
 from taskiq_dedup.errors import (
     ConfigurationError,
     InvalidScheduleError,
@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from collections.abc import Coroutine, Iterable, Mapping, Sequence
 
     from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
 
 logger = logging.getLogger("taskiq_dedup.source")
 
@@ -169,6 +170,9 @@ class CompositeScheduleSource(ScheduleSource):
     :param metrics_port: serve the default registry on this port from
         ``startup`` (the scheduler process has no metrics server of its own); a
         port in use is logged at ERROR and the scheduler runs on without it.
+    :param min_replicas: after each claim, confirm and release, wait for this
+        many replicas to acknowledge it (``WAIT``, ``replication``); fewer in time
+        is handled as Redis being unavailable (``on_claim_error``). Default 0: off.
     :param connection_kwargs: passed to ``Redis.from_url`` with ``redis_url``.
     """
 
@@ -177,7 +181,7 @@ class CompositeScheduleSource(ScheduleSource):
         sources: Sequence[ScheduleSource],
         *,
         redis_url: str | None = None,
-        redis: Redis | None = None,
+        redis: Redis | RedisCluster | None = None,
         prefix: str = DEFAULT_PREFIX,
         add_to: ScheduleSource | None = None,
         on_claim_error: OnClaimError = "skip",
@@ -189,6 +193,7 @@ class CompositeScheduleSource(ScheduleSource):
         broker: AsyncBroker | None = None,
         metrics: MetricsOption = True,
         metrics_port: int | None = None,
+        min_replicas: int = 0,
         **connection_kwargs: Any,  # noqa: ANN401 -- forwarded to redis-py
     ) -> None:
         self.sources = list(sources)
@@ -216,6 +221,7 @@ class CompositeScheduleSource(ScheduleSource):
             )
         self.keys = KeySpace(prefix)
         self.redis, self._owns_redis = resolve_redis(redis_url, redis, connection_kwargs)
+        self.min_replicas = check_min_replicas(min_replicas)
         self.add_to = add_to
         self.on_claim_error = on_claim_error
         self.one_off_grace = one_off_grace
@@ -225,6 +231,7 @@ class CompositeScheduleSource(ScheduleSource):
             holder or default_holder(),
             retry_window=claim_retry_window,
             pending_lease=pending_lease,
+            min_replicas=self.min_replicas,
         )
         self.firings = FiringCoordinator(
             self.claims,

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from tests.reliability.proxy import LatencyProxy
 from tests.support.processes import ProcessGroup
 from tests.support.redis_server import RedisServer, external_redis_url
+from tests.support.topologies import LocalCluster, SentinelSet, redis_cli_binary
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +27,41 @@ def redis_url() -> Iterator[str]:
         yield server.url
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A private 6-node Redis Cluster (3 primaries, 3 replicas) for the session."""
+    if redis_cli_binary() is None:
+        pytest.skip("no redis-cli to create a cluster with")
+    cluster = LocalCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="session")
+def sentinel_set() -> Iterator[SentinelSet]:
+    """A private Sentinel set (1 primary, 2 replicas, 3 sentinels) for the session.
+
+    Tests must leave its primary in place; a failover test makes its own set.
+    """
+    sentinels = SentinelSet().start()
+    try:
+        yield sentinels
+    finally:
+        sentinels.close()
+
+
+@pytest.fixture
+def own_sentinel_set() -> Iterator[SentinelSet]:
+    """A Sentinel set this test may fail over, pause and kill."""
+    sentinels = SentinelSet().start()
+    try:
+        yield sentinels
+    finally:
+        sentinels.close()
 
 
 @pytest.fixture

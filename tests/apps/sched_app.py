@@ -1,8 +1,10 @@
 """A scheduler app for multi-process tests, configured by the environment.
 
-``REDIS_URL`` and ``DEDUP_PREFIX`` pick the server and environment; ``METRICS_PORT``
-serves the scheduler's metrics; ``WORKER_GUARD=1`` adds ``DedupMiddleware`` to the
-broker (its run records feed the firing ledger); ``DEDUP_OFF=1``
+``REDIS_URL`` and ``DEDUP_PREFIX`` pick the server and environment; the claims
+go to ``DEDUP_REDIS_URL`` if set (a Sentinel or Cluster URL), with
+``DEDUP_MIN_REPLICAS`` (default 0); ``METRICS_PORT`` serves the scheduler's metrics;
+``WORKER_GUARD=1`` adds ``DedupMiddleware`` to the broker (its run records feed the
+firing ledger); ``DEDUP_OFF=1``
 builds taskiq as shipped (plain sources) for comparison. Every execution is
 appended to the Redis list ``<prefix>:executions`` as JSON.
 
@@ -32,6 +34,8 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:1/0")
 PREFIX = os.environ.get("DEDUP_PREFIX", "sched-app")
 DEDUP_OFF = os.environ.get("DEDUP_OFF") == "1"
 ONE_OFF_AT = os.environ.get("ONE_OFF_AT")
+DEDUP_REDIS_URL = os.environ.get("DEDUP_REDIS_URL") or REDIS_URL
+MIN_REPLICAS = int(os.environ.get("DEDUP_MIN_REPLICAS", "0"))
 
 broker = ListQueueBroker(REDIS_URL, queue_name=f"{PREFIX}:queue")
 if os.environ.get("WORKER_GUARD") == "1":
@@ -45,8 +49,9 @@ redis_source = ListRedisScheduleSource(
 METRICS_PORT = os.environ.get("METRICS_PORT")
 composite = CompositeScheduleSource(
     [label_source, redis_source],
-    redis_url=REDIS_URL,
+    redis_url=DEDUP_REDIS_URL,
     prefix=PREFIX,
+    min_replicas=MIN_REPLICAS,
     metrics_port=int(METRICS_PORT) if METRICS_PORT else None,
 )
 sources: list[ScheduleSource] = [label_source, redis_source] if DEDUP_OFF else [composite]
