@@ -31,6 +31,7 @@ FLOORS = (
     "pydantic==2.7.0",
     "taskiq-redis==1.1.0",
     "prometheus-client==0.20.0",
+    "rich==13.0.0",
 )
 """The oldest releases ``pyproject.toml`` admits (taskiq-redis, prometheus-client: extras)."""
 
@@ -51,6 +52,7 @@ SHORT_SUITE = (
     "tests/test_source.py",
     "tests/test_middleware.py",
     "tests/test_metrics.py",
+    "tests/test_cli.py",
     "tests/test_embedded.py",
     "tests/test_log_filter.py",
     "tests/test_readme.py",
@@ -59,7 +61,15 @@ SHORT_SUITE = (
 """Every module of the package exercised against real Redis, plus the README's
 quick start with real ``taskiq`` processes: about a minute on 2 cores."""
 
-REPORTED = ("taskiq", "taskiq-redis", "redis", "croniter", "pydantic-core", "prometheus-client")
+REPORTED = (
+    "taskiq",
+    "taskiq-redis",
+    "redis",
+    "croniter",
+    "pydantic-core",
+    "prometheus-client",
+    "rich",
+)
 
 
 @dataclass(frozen=True)
