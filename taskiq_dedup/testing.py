@@ -83,6 +83,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+PORT_ATTEMPTS = 3
+"""Tries of a fresh port when the one chosen was taken before the server bound it."""
+
+
+class PortTakenError(RuntimeError):
+    """Another process listens on the port a server was to use."""
+
+
 class RedisServer:
     """One ``redis-server`` on a free port that its owner can stop, kill and restart.
 
@@ -99,6 +107,8 @@ class RedisServer:
     ) -> None:
         self.binary = redis_server_binary()
         self.port = port or free_port()
+        self._port_movable = port is None
+        """A port this object chose may be replaced if another process takes it first."""
         self.extra_args = extra_args or []
         self.password = password
         self.workdir = Path(tempfile.mkdtemp(prefix=f"redis-{self.port}-"))
@@ -115,7 +125,22 @@ class RedisServer:
         return self.process is not None and self.process.poll() is None
 
     def start(self) -> RedisServer:
-        """Start the server and wait until it answers ``PING``."""
+        """Start the server and wait until it answers as itself.
+
+        A port chosen here that another process took meanwhile is replaced by a new
+        free one, a few times; a port given by the caller is kept.
+        """
+        for _ in range(PORT_ATTEMPTS - 1):
+            try:
+                return self._start()
+            except PortTakenError:
+                if not self._port_movable:
+                    raise
+                self.port = free_port()
+        return self._start()
+
+    def _start(self) -> RedisServer:
+        (self.workdir / "redis.log").unlink(missing_ok=True)  # judge this attempt's log only
         argv = [
             self.binary,
             *("--port", str(self.port), "--bind", "127.0.0.1"),
@@ -130,15 +155,23 @@ class RedisServer:
             while True:
                 if self.process.poll() is not None:
                     log = (self.workdir / "redis.log").read_text(errors="replace")
+                    if "Address already in use" in log:
+                        raise PortTakenError(f"port {self.port} is taken")
                     raise RuntimeError(f"redis-server exited early:\n{log[-2000:]}")
                 try:
-                    client.ping()
+                    # Ours, not another server that took the port between choosing it
+                    # and this process binding it (then ours exits, and is retried).
+                    pid = client.info("server")["process_id"]
                 except RedisConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.02)
-                else:
+                    pid = None
+                if pid == self.process.pid:
                     return self
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"redis-server on port {self.port} did not answer as pid "
+                        f"{self.process.pid} within {START_TIMEOUT}s (answered: {pid})"
+                    )
+                time.sleep(0.02)
 
     def _signal(self, sig: signal.Signals) -> None:
         if self.process is None:

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -59,3 +60,29 @@ def test_server_choice_picks_the_binary(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setattr(testing.shutil, "which", lambda _name: None)
     with pytest.raises(RuntimeError, match="no redis-server on PATH"):
         testing.redis_server_binary()
+
+
+def test_a_port_taken_before_the_server_binds_it_is_replaced() -> None:
+    """Another server on the chosen port must not be mistaken for this one."""
+    squatter = RedisServer().start()
+    try:
+        server = RedisServer()
+        server.port = squatter.port  # as if the squatter took it after it was chosen
+        server.start()
+        try:
+            assert server.port != squatter.port
+            with SyncRedis(port=server.port) as client:
+                assert client.info("server")["process_id"] == server.process.pid  # type: ignore[union-attr]
+        finally:
+            server.stop()
+    finally:
+        squatter.stop()
+
+
+def test_a_port_given_by_the_caller_is_kept() -> None:
+    squatter = RedisServer().start()
+    try:
+        with pytest.raises(testing.PortTakenError, match=str(squatter.port)):
+            RedisServer(port=squatter.port).start()
+    finally:
+        squatter.stop()
