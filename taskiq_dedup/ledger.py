@@ -112,11 +112,16 @@ def missed_for_ledger(missed: Sequence[int]) -> list[int]:
     return list(missed[-MISSED_RECORDED:])
 
 
-async def history(redis: Redis, keys: KeySpace, schedule_id: str) -> list[LedgerEntry]:
+async def history(
+    redis: Redis, keys: KeySpace, schedule_id: str, *, run_id: str | None = None
+) -> list[LedgerEntry]:
     """Return ``schedule_id``'s ledger, oldest first (at most ``LEDGER_LENGTH``).
 
-    Two round trips: the schedule's log, then every listed slot's run record in
-    one pipeline (on a cluster the client splits it by slot).
+    ``schedule_id`` is the content id the claims use; ``run_id`` the id the sent
+    messages carry, which the worker guard keys its run records on: the public id
+    (``MergedSchedule.public_id``, a user-set id if there is one; default
+    ``schedule_id``). Two round trips: the schedule's log, then every listed slot's
+    run record in one pipeline (on a cluster the client splits it by slot).
     """
     raw = await redis.hget(keys.firings(schedule_id), "log")
     log = _decode_log(raw)
@@ -124,7 +129,7 @@ async def history(redis: Redis, keys: KeySpace, schedule_id: str) -> list[Ledger
         return []
     async with redis.pipeline(transaction=False) as pipe:
         for item in log:
-            pipe.hmget(keys.firing(schedule_id, int(str(item["slot"]))), _RUN_FIELDS)
+            pipe.hmget(keys.firing(run_id or schedule_id, int(str(item["slot"]))), _RUN_FIELDS)
         runs = await pipe.execute()
     return [_entry(item, [_text(v) for v in run]) for item, run in zip(log, runs, strict=True)]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -432,8 +433,15 @@ async def test_migrate_rewrites_pickles_as_json_that_taskiq_redis_reads(
 # ---------------------------------------------------------------- history
 
 
+def parent_pid(pid: int) -> int:
+    """The parent of a live process (Linux's ``/proc``)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    [line] = [line for line in status.splitlines() if line.startswith("PPid:")]
+    return int(line.split()[1])
+
+
 @pytest.mark.processes
-async def test_history_shows_the_last_firing_sent_and_run_by_real_processes(
+async def test_history_shows_the_ledger_of_firings_sent_and_run_by_real_processes(
     redis_url: str, prefix: str, processes: ProcessGroup
 ) -> None:
     source = store(prefix, redis_url)
@@ -444,34 +452,108 @@ async def test_history_shows_the_last_firing_sent_and_run_by_real_processes(
     await source.shutdown()
     env = {"REDIS_URL": redis_url, "DEDUP_PREFIX": prefix}
     processes.env.update(env)
-    processes.taskiq(
+    worker = processes.taskiq(
         "worker",
         *("worker", f"{APP}:good_broker", APP, "--workers", "1"),
         *("--receiver", "taskiq_dedup:DedupReceiver"),
     )
-    processes.scheduler(f"{APP}:good", APP, "--skip-first-run")
+    schedulers = [
+        processes.scheduler(f"{APP}:good", APP, "--skip-first-run", name=f"scheduler-{i}")
+        for i in range(2)
+    ]
 
     def ran() -> dict[str, Any] | None:
         _, data = dedup_json(
             "history", f"{APP}:good", "--id", "every-2s", redis_url=redis_url, prefix=prefix
         )
         [row] = data["schedules"]
-        guard = row["worker_guard"]
-        return row if guard and guard["state"] == "done" else None
+        return row if sum(e["outcome"] == "ran" for e in row["ledger"]) >= 3 else None
 
     wait_until(ran, timeout=60, interval=0.5, message=processes.logs())
     row = ran()
     assert row is not None
     assert row["id"] == "every-2s"
-    assert row["state"]["sent_up_to"] % 2 == 0  # an interval bucket
-    assert row["state"]["sent_by"]
-    assert row["worker_guard"]["worker"]
+    slots = [e["slot"] for e in row["ledger"]]
+    assert slots == sorted(slots, reverse=True)  # newest first
+    assert len(set(slots)) == len(slots)  # one entry per firing
+    executed = [e for e in row["ledger"] if e["outcome"] == "ran"]
+    scheduler_pids = {str(s.pid) for s in schedulers}
+    host = socket.gethostname()
+    for entry in executed:
+        assert entry["slot"] % 2 == 0  # an interval bucket
+        claimer = entry["claimed_by"].split("#")[0]  # host:pid#random
+        assert claimer.split(":")[1] in scheduler_pids, entry  # one of the schedulers
+        assert entry["lateness_seconds"] == pytest.approx(
+            datetime.fromisoformat(entry["sent_at"]).timestamp() - entry["slot"], abs=1e-3
+        )
+        assert entry["started_at"] is not None
+        assert entry["finished_at"] is not None
+    # Every run by the one worker process (the child `taskiq worker --workers 1` forks):
+    [name] = {e["worker"] for e in executed}
+    worker_host, worker_pid = name.split(":")
+    assert worker_host == host
+    assert parent_pid(int(worker_pid)) == worker.pid, (name, worker.pid)
     done = taskiq(
         "dedup", "history", f"{APP}:good", "--id", "every-2s", redis_url=redis_url, prefix=prefix
     )
-    assert "there is no firing ledger yet" in done.stdout
-    assert "done on " in done.stdout
+    assert done.returncode == 0, done.stderr
+    assert "no firing ledger" not in done.stdout
+    [line] = [
+        line
+        for line in done.stdout.splitlines()
+        if line.startswith(datetime.fromtimestamp(executed[0]["slot"], tz=UTC).isoformat())
+    ]
+    assert line.split()[1:2] == ["ran"]
+    assert name in line
     processes.stop_all()
+
+
+async def test_history_shows_a_missed_slot_and_a_pending_claim(
+    redis_url: str, prefix: str, redis: Redis
+) -> None:
+    _, data = dedup_json("history", f"{APP}:good", redis_url=redis_url, prefix=prefix)
+    [report] = [r for r in data["schedules"] if r["task"] == "cli:report"]
+    assert report["ledger"] == []
+    key = KeySpace(prefix).firings(report["content_id"])
+    claims = FiringClaims(redis, "sched-a:1")
+    ttl_ms = 3_600_000
+    await claims.claim(key, "sched-a:1#1", [300], ttl_ms)
+    assert await claims.confirm(key, "sched-a:1#1", 300, ttl_ms)
+    # Nobody sent 600: the claim of 900 skips it and its confirm records it missed.
+    assert (await claims.claim(key, "sched-a:1#2", [900], ttl_ms)).previous == 300
+    assert await claims.confirm(key, "sched-a:1#2", 900, ttl_ms, missed=[600])
+    assert (await claims.claim(key, "sched-b:2#1", [1200], ttl_ms)).won  # being sent now
+
+    _, data = dedup_json(
+        "history", f"{APP}:good", "--id", report["id"], redis_url=redis_url, prefix=prefix
+    )
+    [row] = data["schedules"]
+    assert [(e["slot"], e["outcome"]) for e in row["ledger"]] == [
+        (900, "sent"),  # no worker took it
+        (600, "missed"),
+        (300, "sent"),
+    ]
+    missed = row["ledger"][1]
+    assert (missed["claimed_by"], missed["sent_at"], missed["lateness_seconds"]) == (
+        "sched-a:1#2",  # the claim that found it missed
+        None,
+        None,
+    )
+    assert missed["detected_at"] is not None
+    assert (row["state"]["pending_slot"], row["state"]["pending_holder"]) == (1200, "sched-b:2#1")
+    done = taskiq(
+        "dedup", "history", f"{APP}:good", "--id", report["id"], redis_url=redis_url, prefix=prefix
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("1970-")]
+    assert [(r[0], r[1]) for r in rows] == [
+        (datetime.fromtimestamp(1200, tz=UTC).isoformat(), "pending"),
+        (datetime.fromtimestamp(900, tz=UTC).isoformat(), "sent"),
+        (datetime.fromtimestamp(600, tz=UTC).isoformat(), "missed"),
+        (datetime.fromtimestamp(300, tz=UTC).isoformat(), "sent"),
+    ]
+    assert "sched-b:2#1" in " ".join(rows[0])
+    assert rows[2][2:4] == ["-", "sched-a:1#2"]  # no lateness; who found it
 
 
 def test_history_of_an_unknown_id_says_so(redis_url: str, prefix: str) -> None:

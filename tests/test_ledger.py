@@ -254,3 +254,22 @@ async def test_a_failed_run_and_a_retry_show_in_the_run_record(redis: Redis, pre
     [ran] = await history(redis, keys, "job")
     assert ran.outcome == "ran"
     assert ran.duplicates_dropped == 0
+
+
+async def test_run_records_are_read_under_the_public_id_the_messages_carry(
+    redis: Redis, prefix: str
+) -> None:
+    keys = KeySpace(prefix)
+    claims = FiringClaims(redis, "a")
+    await claims.claim(keys.firings("content-id"), "a#1", [60], TTL_MS)  # claims: the content id
+    await claims.confirm(keys.firings("content-id"), "a#1", 60, TTL_MS)
+    middleware = DedupMiddleware(redis=redis, prefix=prefix)
+    labels = {"schedule_id": "nightly", "dedup_slot": 60}  # the sent copy: its user-set id
+    message = TaskiqMessage(task_id="t-1", task_name="job", labels=labels, args=[], kwargs={})
+    await middleware.pre_execute(message)
+    await middleware.post_execute(message, None)  # type: ignore[arg-type]
+    [entry] = await history(redis, keys, "content-id", run_id="nightly")
+    assert (entry.outcome, entry.claimed_by) == ("ran", "a#1")
+    assert entry.worker is not None
+    [unjoined] = await history(redis, keys, "content-id")
+    assert (unjoined.outcome, unjoined.worker) == ("sent", None)
