@@ -364,7 +364,7 @@ async def test_history_shows_who_sent_and_who_ran_each_firing(
         await claims.claim(keys.firings(content_id), "sched-1:7#a", [60], 3_600_000)
         await claims.confirm(keys.firings(content_id), "sched-1:7#a", 60, 3_600_000)
         leases = Leases(redis)
-        run = keys.firing(content_id, 60)
+        run = keys.firing("monday-report", 60)  # workers key runs on the id messages carry
         for worker in ("worker-1:9", "worker-2:4"):  # the second copy is refused
             await leases.claim(
                 run,

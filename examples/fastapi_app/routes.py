@@ -93,7 +93,10 @@ async def schedule_history(schedule_id: str, state: State) -> list[FiringOut]:
         (e for e in merged.values() if e.answers_to(schedule_id)), None
     )
     content_id = entry.schedule_id if entry else schedule_id
-    firings = await history(state.redis, state.keys, content_id)
+    # Scheduler entries are under the content id; workers key runs on the id the
+    # messages carry: the public one (a user-set id when there is one).
+    run_id = entry.public_id if entry else schedule_id
+    firings = await history(state.redis, state.keys, content_id, run_id=run_id)
     if entry is None and not firings:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no schedule {schedule_id!r}")
     return [FiringOut.of(firing) for firing in firings]
