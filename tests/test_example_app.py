@@ -391,4 +391,24 @@ async def test_history_shows_who_sent_and_who_ran_each_firing(
     assert firing["finished_at"] is not None
     by_content = await client.get(f"/schedules/{content_id}/history")
     assert by_content.json() == response.json()
+    # A firing the overlap policy skipped is served as such (not a validation error).
+    async with Redis.from_url(redis_url) as redis:
+        claims = FiringClaims(redis, "sched-1:7")
+        await claims.claim(keys.firings(content_id), "sched-1:7#b", [120], 3_600_000)
+        await claims.confirm(keys.firings(content_id), "sched-1:7#b", 120, 3_600_000)
+        skipped = keys.firing("monday-report", 120)
+        await Leases(redis).claim(
+            skipped,
+            token="token-skip",  # noqa: S106 -- a lease token
+            task_id="t-120",
+            generation=0,
+            worker="worker-1:9",
+            lease_ms=60_000,
+            retention_ms=60_000,
+        )
+        await Leases(redis).finish(
+            skipped, "token-skip", retention_ms=60_000, outcome="skipped_overlap"
+        )
+    outcomes = [f["outcome"] for f in (await client.get("/schedules/monday-report/history")).json()]
+    assert outcomes == ["ran", "skipped_overlap"]
     assert (await client.get("/schedules/no-such-schedule/history")).status_code == 404

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -10,6 +11,7 @@ from taskiq import ScheduledTask
 from taskiq.schedule_sources import LabelScheduleSource
 
 from taskiq_dedup import InvalidScheduleError, schedule_id_for
+from taskiq_dedup.ledger import Outcome
 from taskiq_dedup.triggers import CronTrigger, IntervalTrigger, Trigger, parse_trigger
 
 if TYPE_CHECKING:
@@ -205,8 +207,11 @@ class FiringOut(BaseModel):
 
     slot: int
     slot_time: datetime
-    outcome: Literal["missed", "sent", "running", "ran", "failed"] = Field(
-        description="missed: no scheduler sent it; sent: in the queue, no worker took it yet",
+    outcome: Outcome = Field(
+        description=(
+            "missed: no scheduler sent it; sent: in the queue, no worker took it yet; "
+            "skipped_overlap: not run, the schedule's previous run still held its lease"
+        ),
     )
     claimed_by: str = Field(
         description="the scheduler attempt (host:pid#random) that sent it, or found it missed",
@@ -223,17 +228,8 @@ class FiringOut(BaseModel):
     def of(cls, entry: LedgerEntry) -> FiringOut:
         """Describe a ledger entry."""
         return cls(
-            slot=entry.slot,
             slot_time=datetime.fromtimestamp(entry.slot, tz=timezone.utc),
-            outcome=entry.outcome,
-            claimed_by=entry.claimed_by,
-            sent_at=entry.sent_at,
-            detected_at=entry.detected_at,
-            taken_over=entry.taken_over,
-            worker=entry.worker,
-            started_at=entry.started_at,
-            finished_at=entry.finished_at,
-            duplicates_dropped=entry.duplicates_dropped,
+            **dataclasses.asdict(entry),
         )
 
 
