@@ -25,6 +25,9 @@ MODULE_TESTS: dict[str, list[str]] = {
     "keys": ["tests/test_keys.py"],
     "triggers": ["tests/test_triggers.py"],
     "leases": ["tests/test_leases.py", "tests/test_lifetimes.py", "tests/test_middleware.py"],
+    "claims": ["tests/test_claims.py"],
+    "identity": ["tests/test_identity.py"],
+    "crons": ["tests/test_triggers.py", "tests/test_identity.py"],
 }
 """Module -> the test files that exercise it. Add a module here to mutate it."""
 

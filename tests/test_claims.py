@@ -7,14 +7,21 @@ Redis's own clock (PTTL, server-side lease deadlines), not a fake one.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import re
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
 
-from taskiq_dedup.claims import FiringClaims
+from taskiq_dedup.claims import FiringClaims, default_holder
 from taskiq_dedup.keys import KeySpace
 from tests.reliability.proxy import LatencyProxy
 from tests.support.polling import eventually
@@ -66,12 +73,38 @@ async def test_sent_slots_are_not_won_again(client: Redis, key: str) -> None:
 
 
 async def test_a_live_pending_claim_makes_others_wait(client: Redis, key: str) -> None:
-    holder = claims_on(client, "a", pending_lease=30)
+    holder = claims_on(client, "a", pending_lease=100_000)
     attempt = holder.new_attempt()
     await holder.claim(key, attempt, [10], TTL_MS)
     other = await claims_on(client, "b").claim(key, "b#1", [10], TTL_MS)
     assert (other.verdict, other.slot, other.holder) == ("pending", 10, attempt)
-    assert 25 < other.lease_left <= 30
+    # In seconds, by Redis's clock: a long lease so that a wrong unit shows.
+    assert 99_990 < other.lease_left <= 100_000
+
+
+async def test_a_new_schedule_wins_the_current_slot_it_is_given(client: Redis, key: str) -> None:
+    """A cron tick within the clock skew offers a slot still ahead: ``current`` names
+    the one a schedule with no history starts from."""
+    claims = claims_on(client)
+    claim = await claims.claim(key, claims.new_attempt(), [10, 20, 30], TTL_MS, current=20)
+    assert (claim.verdict, claim.slot, claim.previous) == ("won", 20, None)
+
+
+async def test_the_default_holder_names_host_and_process(client: Redis, key: str) -> None:
+    holder = claims_on(client, default_holder())
+    attempt = holder.new_attempt()
+    await holder.claim(key, attempt, [10], TTL_MS)
+    other = await claims_on(client, "b").claim(key, "b#1", [10], TTL_MS)
+    assert other.holder.startswith(f"{socket.gethostname()}:{os.getpid()}#")
+
+
+async def test_a_holder_that_is_not_utf8_is_read_not_raised(client: Redis, key: str) -> None:
+    """A state written by something else (a corrupt or foreign holder) still gets an
+    answer: the scheduler waits for it instead of failing the tick."""
+    far = 2**50
+    await client.hset(key, mapping={"slot": 10, "holder": b"\xffhost", "lease_until": far})
+    other = await claims_on(client, "b").claim(key, "b#1", [10], TTL_MS)
+    assert (other.verdict, other.holder) == ("pending", "\ufffdhost")
 
 
 async def test_a_lapsed_pending_claim_is_taken_over(client: Redis, key: str) -> None:
@@ -188,7 +221,7 @@ async def test_a_claim_on_a_hung_redis_fails_within_its_deadline(
         own_redis.process.send_signal(signal.SIGSTOP)
         try:
             started = time.monotonic()
-            with pytest.raises(Exception, match="no reply within"):
+            with pytest.raises(Exception, match=r"no reply within 1\.0s \(TimeoutError\)"):
                 await claims.claim(key, claims.new_attempt(), [10], TTL_MS)
             elapsed = time.monotonic() - started
         finally:
@@ -197,6 +230,30 @@ async def test_a_claim_on_a_hung_redis_fails_within_its_deadline(
         await redis.aclose()
     # The socket timeout alone is 5 s and the client retries it: the deadline cut it.
     assert elapsed < 3
+
+
+async def test_refused_connections_are_retried_with_doubling_pauses_until_the_window_ends(
+    own_redis: RedisServer, key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``CLAIM_RETRY_FIRST_DELAY`` then twice as long each time; the last pause that
+    would end past ``retry_window`` is not taken: the Redis error is raised."""
+    redis = Redis.from_url(own_redis.url, retry=Retry(NoBackoff(), 0))
+    try:
+        claims = claims_on(redis, "a", retry_window=2.0)
+        await claims.claim(key, claims.new_attempt(), [5], TTL_MS)  # loads the script
+        own_redis.kill()  # every call is now refused at once
+        caplog.set_level(logging.DEBUG, logger="taskiq_dedup.claims")
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(claims.claim(key, claims.new_attempt(), [10], TTL_MS), 20)
+    finally:
+        await redis.aclose()
+    retried = re.compile(
+        rf"Claim call on {re.escape(key)} failed \((?!None\)).+\); retrying in (\S+)s",
+    )
+    pauses = [retried.fullmatch(r.getMessage()) for r in caplog.records]
+    assert all(pauses), [r.getMessage() for r in caplog.records]
+    # 0.1 + 0.2 + 0.4 + 0.8 = 1.5 s of pauses; the next (1.6 s) would end past 2 s.
+    assert [m.group(1) for m in pauses if m] == ["0.1", "0.2", "0.4", "0.8"]
 
 
 async def test_a_burst_has_one_winner_per_schedule_over_few_connections(
