@@ -154,12 +154,28 @@ async def test_confirm_after_a_takeover_moves_the_cursor_and_keeps_the_new_holde
     assert b"holder" not in await client.hgetall(key)
 
 
+async def test_a_late_retried_confirm_does_not_move_the_cursor_back(
+    client: Redis, key: str
+) -> None:
+    claims = claims_on(client)
+    first = claims.new_attempt()
+    await claims.claim(key, first, [10], TTL_MS)
+    assert await claims.confirm(key, first, 10, TTL_MS)
+    second = claims.new_attempt()
+    await claims.claim(key, second, [10, 20], TTL_MS)
+    assert await claims.confirm(key, second, 20, TTL_MS)
+    await claims.confirm(key, first, 10, TTL_MS)  # a retry of the first, delivered late
+    again = await claims_on(client, "b").claim(key, "b#1", [10, 20], TTL_MS)
+    assert (again.verdict, again.slot) == ("sent", 20)
+
+
 async def test_confirm_recreates_a_state_lost_with_its_data(client: Redis, key: str) -> None:
     claims = claims_on(client)
     attempt = claims.new_attempt()
     await claims.claim(key, attempt, [10], TTL_MS)
     await client.delete(key)  # a Redis restart without persistence
     assert await claims.confirm(key, attempt, 10, TTL_MS)
+    assert TTL_MS - 30_000 < await client.pttl(key) <= TTL_MS  # made anew with its lifetime
     assert (await claims_on(client, "b").claim(key, "b#1", [10], TTL_MS)).verdict == "sent"
 
 
@@ -172,7 +188,11 @@ async def test_the_state_lives_its_ttl_by_redis_clock_and_is_never_shortened(
     assert 45_000 < await client.pttl(key) <= 50_000
     await claims.confirm(key, attempt, 10, 1_000)  # a shorter TTL does not cut it
     assert 45_000 < await client.pttl(key) <= 50_000
-    await claims.claim(key, claims.new_attempt(), [10, 20], 90_000)
+    later = claims.new_attempt()
+    await claims.claim(key, later, [10, 20], 90_000)
+    assert 85_000 < await client.pttl(key) <= 90_000
+    await claims.confirm(key, later, 20, 90_000)
+    await claims.claim(key, claims.new_attempt(), [20, 30], 1_000)  # nor by a claim
     assert 85_000 < await client.pttl(key) <= 90_000
 
 
