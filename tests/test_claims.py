@@ -256,10 +256,10 @@ async def test_refused_connections_are_retried_with_doubling_pauses_until_the_wi
     own_redis: RedisServer, key: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """``CLAIM_RETRY_FIRST_DELAY`` then twice as long each time; the last pause that
-    would end past ``retry_window`` is not taken: the Redis error is raised."""
+    would end past the default 5 s ``retry_window`` is not taken: the error is raised."""
     redis = Redis.from_url(own_redis.url, retry=Retry(NoBackoff(), 0))
     try:
-        claims = claims_on(redis, "a", retry_window=2.0)
+        claims = claims_on(redis, "a")
         await claims.claim(key, claims.new_attempt(), [5], TTL_MS)  # loads the script
         own_redis.kill()  # every call is now refused at once
         caplog.set_level(logging.DEBUG, logger="taskiq_dedup.claims")
@@ -272,8 +272,32 @@ async def test_refused_connections_are_retried_with_doubling_pauses_until_the_wi
     )
     pauses = [retried.fullmatch(r.getMessage()) for r in caplog.records]
     assert all(pauses), [r.getMessage() for r in caplog.records]
-    # 0.1 + 0.2 + 0.4 + 0.8 = 1.5 s of pauses; the next (1.6 s) would end past 2 s.
-    assert [m.group(1) for m in pauses if m] == ["0.1", "0.2", "0.4", "0.8"]
+    # 0.1 + 0.2 + 0.4 + 0.8 + 1.6 = 3.1 s of pauses; the next (3.2 s) would end past 5 s.
+    assert [m.group(1) for m in pauses if m] == ["0.1", "0.2", "0.4", "0.8", "1.6"]
+
+
+async def test_a_slow_reply_is_awaited_even_with_no_retry_window(
+    proxy: LatencyProxy, key: str
+) -> None:
+    """``MIN_CALL_TIMEOUT``: a busy Redis gets half a second, however little is left."""
+    redis = Redis.from_url(proxy.url)
+    try:
+        claims = claims_on(redis, "a", retry_window=0)
+        await claims.claim(key, claims.new_attempt(), [5], TTL_MS)  # loads the script
+        proxy.set_delay(0.1, 0.1)
+        claim = await claims.claim(key, claims.new_attempt(), [10], TTL_MS)
+    finally:
+        await redis.aclose()
+    assert (claim.verdict, claim.slot) == ("pending", 5)
+
+
+async def test_the_default_pending_lease_is_5_s(client: Redis, key: str) -> None:
+    """README.md: a sender that dies after claiming is taken over after 5 s."""
+    holder = claims_on(client, "a")
+    await holder.claim(key, holder.new_attempt(), [10], TTL_MS)
+    other = await claims_on(client, "b").claim(key, "b#1", [10], TTL_MS)
+    assert other.verdict == "pending"
+    assert 4 < other.lease_left <= 5
 
 
 async def test_a_burst_has_one_winner_per_schedule_over_few_connections(
