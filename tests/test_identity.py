@@ -399,8 +399,8 @@ def test_the_id_hashes_the_documented_content_exactly() -> None:
 
 
 def test_an_adapters_content_digest_is_its_canonical_json_hashed() -> None:
-    content = {"when": "é", "tags": {"b", "a"}, "job": "x", "mixed": {1, "1"}}
-    text = '{"job":"x","mixed":["1",1],"tags":["a","b"],"v":2,"when":"é"}'
+    content = {"when": "é", "tags": {"b", "a"}, "job": "x", "mixed": {1, "1"}, "n": float("nan")}
+    text = '{"job":"x","mixed":["1",1],"n":null,"tags":["a","b"],"v":2,"when":"é"}'
     assert content_digest(content) == _digest(text)
     assert content_digest(dict(reversed(content.items()))) == _digest(text)
 
