@@ -28,6 +28,8 @@ MODULE_TESTS: dict[str, list[str]] = {
     "claims": ["tests/test_claims.py"],
     "identity": ["tests/test_identity.py"],
     "crons": ["tests/test_crons.py", "tests/test_triggers.py", "tests/test_identity.py"],
+    "firing": ["tests/test_firing.py", "tests/test_send_failures.py", "tests/test_source.py"],
+    "idempotency": ["tests/test_middleware.py", "tests/test_lifetimes.py"],
 }
 """Module -> the test files that exercise it. Add a module here to mutate it."""
 

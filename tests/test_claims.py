@@ -32,11 +32,8 @@ TTL_MS = 600_000
 
 @pytest.fixture
 async def client(own_redis: RedisServer) -> AsyncIterator[Redis]:
-    redis = Redis.from_url(own_redis.url)
-    try:
+    async with Redis.from_url(own_redis.url) as redis:
         yield redis
-    finally:
-        await redis.aclose()
 
 
 @pytest.fixture
@@ -213,8 +210,7 @@ async def test_a_short_ttl_really_expires(client: Redis, key: str) -> None:
 async def test_every_script_is_safe_to_retry_after_a_lost_reply(
     proxy: LatencyProxy, key: str
 ) -> None:
-    redis = Redis.from_url(proxy.url)
-    try:
+    async with Redis.from_url(proxy.url) as redis:
         claims = claims_on(redis, "a", pending_lease=30)
         loading = claims.new_attempt()
         await claims.claim(key, loading, [5], TTL_MS)  # scripts loaded
@@ -226,15 +222,12 @@ async def test_every_script_is_safe_to_retry_after_a_lost_reply(
         assert (claim.verdict, claim.slot) == ("won", 10)
         proxy.drop_next_reply()
         assert await claims.confirm(key, attempt, 10, TTL_MS)  # the retry still says "mine"
-    finally:
-        await redis.aclose()
 
 
 async def test_a_claim_on_a_hung_redis_fails_within_its_deadline(
     own_redis: RedisServer, key: str
 ) -> None:
-    redis = Redis.from_url(own_redis.url, socket_timeout=5)
-    try:
+    async with Redis.from_url(own_redis.url, socket_timeout=5) as redis:
         claims = claims_on(redis, "a", retry_window=1.0)
         await claims.claim(key, claims.new_attempt(), [5], TTL_MS)
         assert own_redis.process is not None
@@ -246,8 +239,6 @@ async def test_a_claim_on_a_hung_redis_fails_within_its_deadline(
             elapsed = time.monotonic() - started
         finally:
             own_redis.process.send_signal(signal.SIGCONT)
-    finally:
-        await redis.aclose()
     # The socket timeout alone is 5 s and the client retries it: the deadline cut it.
     assert elapsed < 3
 
@@ -257,16 +248,13 @@ async def test_refused_connections_are_retried_with_doubling_pauses_until_the_wi
 ) -> None:
     """``CLAIM_RETRY_FIRST_DELAY`` then twice as long each time; the last pause that
     would end past the default 5 s ``retry_window`` is not taken: the error is raised."""
-    redis = Redis.from_url(own_redis.url, retry=Retry(NoBackoff(), 0))
-    try:
+    async with Redis.from_url(own_redis.url, retry=Retry(NoBackoff(), 0)) as redis:
         claims = claims_on(redis, "a")
         await claims.claim(key, claims.new_attempt(), [5], TTL_MS)  # loads the script
         own_redis.kill()  # every call is now refused at once
         caplog.set_level(logging.DEBUG, logger="taskiq_dedup.claims")
         with pytest.raises(RedisConnectionError):
             await asyncio.wait_for(claims.claim(key, claims.new_attempt(), [10], TTL_MS), 20)
-    finally:
-        await redis.aclose()
     retried = re.compile(
         rf"Claim call on {re.escape(key)} failed \((?!None\)).+\); retrying in (\S+)s",
     )
@@ -280,14 +268,11 @@ async def test_a_slow_reply_is_awaited_even_with_no_retry_window(
     proxy: LatencyProxy, key: str
 ) -> None:
     """``MIN_CALL_TIMEOUT``: a busy Redis gets half a second, however little is left."""
-    redis = Redis.from_url(proxy.url)
-    try:
+    async with Redis.from_url(proxy.url) as redis:
         claims = claims_on(redis, "a", retry_window=0)
         await claims.claim(key, claims.new_attempt(), [5], TTL_MS)  # loads the script
         proxy.set_delay(0.1, 0.1)
         claim = await claims.claim(key, claims.new_attempt(), [10], TTL_MS)
-    finally:
-        await redis.aclose()
     assert (claim.verdict, claim.slot) == ("pending", 5)
 
 
@@ -432,8 +417,7 @@ async def test_a_call_queued_behind_a_hung_round_trip_keeps_its_own_deadline(
 ) -> None:
     """Found in review: a call queued behind a hung batch waited out that batch's
     timeout before its own began."""
-    redis = Redis.from_url(own_redis.url, socket_timeout=10)
-    try:
+    async with Redis.from_url(own_redis.url, socket_timeout=10) as redis:
         slow = claims_on(redis, "a", retry_window=0)
         await slow.claim(key, slow.new_attempt(), [5], TTL_MS)  # loads the script
         assert own_redis.process is not None
@@ -451,7 +435,5 @@ async def test_a_call_queued_behind_a_hung_round_trip_keeps_its_own_deadline(
         finally:
             own_redis.process.send_signal(signal.SIGCONT)
         assert await first == 0  # answered once Redis resumed, within its own 4 s
-    finally:
-        await redis.aclose()
     # Its own 0.5 s, not the 4 s of the call ahead of it.
     assert queued_for < 2.0
