@@ -192,10 +192,9 @@ within this."""
 Verdict = Literal["won", "takeover", "pending", "sent"]
 
 
-def default_holder(name: str | None = None) -> str:
-    """``host:pid`` (and ``name``), telling an operator which scheduler claimed."""
-    holder = f"{socket.gethostname()}:{os.getpid()}"
-    return f"{holder}:{name}" if name else holder
+def default_holder() -> str:
+    """``host:pid``, telling an operator which scheduler claimed."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -339,6 +338,7 @@ class FiringClaims:
 
 
 def _text(value: object) -> str:
+    """Return a reply element as text (the scripts reply with strings and integers, never nil)."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    return "" if value is None else str(value)
+    return str(value)

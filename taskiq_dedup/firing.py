@@ -139,8 +139,7 @@ class FiringCoordinator:
 
         :raises RedisError: Redis failed for the claim's whole retry window.
         """
-        candidates = due_slots(trigger, now)
-        current = candidates[-1]  # taken when the schedule has no history
+        candidates = due_slots(trigger, now)  # no history: the last, current, is taken
         key = self.keys.firings(schedule_id)
         token = self.claims.new_attempt()
         ttl_ms = self.state_ttl_ms(trigger, candidates[-1], now)
@@ -148,7 +147,7 @@ class FiringCoordinator:
         poll = WAIT_POLL
         while True:
             try:
-                claim = await self.claims.claim(key, token, candidates, ttl_ms, current=current)
+                claim = await self.claims.claim(key, token, candidates, ttl_ms)
             except Exception:
                 self.stats.claim_errors += 1
                 raise

@@ -7,14 +7,21 @@ Redis's own clock (PTTL, server-side lease deadlines), not a fake one.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import re
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
 
-from taskiq_dedup.claims import FiringClaims
+from taskiq_dedup.claims import FiringClaims, default_holder
 from taskiq_dedup.keys import KeySpace
 from tests.reliability.proxy import LatencyProxy
 from tests.support.polling import eventually
@@ -25,11 +32,8 @@ TTL_MS = 600_000
 
 @pytest.fixture
 async def client(own_redis: RedisServer) -> AsyncIterator[Redis]:
-    redis = Redis.from_url(own_redis.url)
-    try:
+    async with Redis.from_url(own_redis.url) as redis:
         yield redis
-    finally:
-        await redis.aclose()
 
 
 @pytest.fixture
@@ -66,12 +70,38 @@ async def test_sent_slots_are_not_won_again(client: Redis, key: str) -> None:
 
 
 async def test_a_live_pending_claim_makes_others_wait(client: Redis, key: str) -> None:
-    holder = claims_on(client, "a", pending_lease=30)
+    holder = claims_on(client, "a", pending_lease=100_000)
     attempt = holder.new_attempt()
     await holder.claim(key, attempt, [10], TTL_MS)
     other = await claims_on(client, "b").claim(key, "b#1", [10], TTL_MS)
     assert (other.verdict, other.slot, other.holder) == ("pending", 10, attempt)
-    assert 25 < other.lease_left <= 30
+    # In seconds, by Redis's clock: a long lease so that a wrong unit shows.
+    assert 99_990 < other.lease_left <= 100_000
+
+
+async def test_a_new_schedule_wins_the_current_slot_it_is_given(client: Redis, key: str) -> None:
+    """A cron tick within the clock skew offers a slot still ahead: ``current`` names
+    the one a schedule with no history starts from."""
+    claims = claims_on(client)
+    claim = await claims.claim(key, claims.new_attempt(), [10, 20, 30], TTL_MS, current=20)
+    assert (claim.verdict, claim.slot, claim.previous) == ("won", 20, None)
+
+
+async def test_the_default_holder_names_host_and_process(client: Redis, key: str) -> None:
+    holder = claims_on(client, default_holder())
+    attempt = holder.new_attempt()
+    await holder.claim(key, attempt, [10], TTL_MS)
+    other = await claims_on(client, "b").claim(key, "b#1", [10], TTL_MS)
+    assert other.holder.startswith(f"{socket.gethostname()}:{os.getpid()}#")
+
+
+async def test_a_holder_that_is_not_utf8_is_read_not_raised(client: Redis, key: str) -> None:
+    """A state written by something else (a corrupt or foreign holder) still gets an
+    answer: the scheduler waits for it instead of failing the tick."""
+    far = 2**50
+    await client.hset(key, mapping={"slot": 10, "holder": b"\xffhost", "lease_until": far})
+    other = await claims_on(client, "b").claim(key, "b#1", [10], TTL_MS)
+    assert (other.verdict, other.holder) == ("pending", "\ufffdhost")
 
 
 async def test_a_lapsed_pending_claim_is_taken_over(client: Redis, key: str) -> None:
@@ -121,12 +151,28 @@ async def test_confirm_after_a_takeover_moves_the_cursor_and_keeps_the_new_holde
     assert b"holder" not in await client.hgetall(key)
 
 
+async def test_a_late_retried_confirm_does_not_move_the_cursor_back(
+    client: Redis, key: str
+) -> None:
+    claims = claims_on(client)
+    first = claims.new_attempt()
+    await claims.claim(key, first, [10], TTL_MS)
+    assert await claims.confirm(key, first, 10, TTL_MS)
+    second = claims.new_attempt()
+    await claims.claim(key, second, [10, 20], TTL_MS)
+    assert await claims.confirm(key, second, 20, TTL_MS)
+    await claims.confirm(key, first, 10, TTL_MS)  # a retry of the first, delivered late
+    again = await claims_on(client, "b").claim(key, "b#1", [10, 20], TTL_MS)
+    assert (again.verdict, again.slot) == ("sent", 20)
+
+
 async def test_confirm_recreates_a_state_lost_with_its_data(client: Redis, key: str) -> None:
     claims = claims_on(client)
     attempt = claims.new_attempt()
     await claims.claim(key, attempt, [10], TTL_MS)
     await client.delete(key)  # a Redis restart without persistence
     assert await claims.confirm(key, attempt, 10, TTL_MS)
+    assert TTL_MS - 30_000 < await client.pttl(key) <= TTL_MS  # made anew with its lifetime
     assert (await claims_on(client, "b").claim(key, "b#1", [10], TTL_MS)).verdict == "sent"
 
 
@@ -139,7 +185,11 @@ async def test_the_state_lives_its_ttl_by_redis_clock_and_is_never_shortened(
     assert 45_000 < await client.pttl(key) <= 50_000
     await claims.confirm(key, attempt, 10, 1_000)  # a shorter TTL does not cut it
     assert 45_000 < await client.pttl(key) <= 50_000
-    await claims.claim(key, claims.new_attempt(), [10, 20], 90_000)
+    later = claims.new_attempt()
+    await claims.claim(key, later, [10, 20], 90_000)
+    assert 85_000 < await client.pttl(key) <= 90_000
+    await claims.confirm(key, later, 20, 90_000)
+    await claims.claim(key, claims.new_attempt(), [20, 30], 1_000)  # nor by a claim
     assert 85_000 < await client.pttl(key) <= 90_000
 
 
@@ -160,8 +210,7 @@ async def test_a_short_ttl_really_expires(client: Redis, key: str) -> None:
 async def test_every_script_is_safe_to_retry_after_a_lost_reply(
     proxy: LatencyProxy, key: str
 ) -> None:
-    redis = Redis.from_url(proxy.url)
-    try:
+    async with Redis.from_url(proxy.url) as redis:
         claims = claims_on(redis, "a", pending_lease=30)
         loading = claims.new_attempt()
         await claims.claim(key, loading, [5], TTL_MS)  # scripts loaded
@@ -173,30 +222,67 @@ async def test_every_script_is_safe_to_retry_after_a_lost_reply(
         assert (claim.verdict, claim.slot) == ("won", 10)
         proxy.drop_next_reply()
         assert await claims.confirm(key, attempt, 10, TTL_MS)  # the retry still says "mine"
-    finally:
-        await redis.aclose()
 
 
 async def test_a_claim_on_a_hung_redis_fails_within_its_deadline(
     own_redis: RedisServer, key: str
 ) -> None:
-    redis = Redis.from_url(own_redis.url, socket_timeout=5)
-    try:
+    async with Redis.from_url(own_redis.url, socket_timeout=5) as redis:
         claims = claims_on(redis, "a", retry_window=1.0)
         await claims.claim(key, claims.new_attempt(), [5], TTL_MS)
         assert own_redis.process is not None
         own_redis.process.send_signal(signal.SIGSTOP)
         try:
             started = time.monotonic()
-            with pytest.raises(Exception, match="no reply within"):
+            with pytest.raises(Exception, match=r"no reply within 1\.0s \(TimeoutError\)"):
                 await claims.claim(key, claims.new_attempt(), [10], TTL_MS)
             elapsed = time.monotonic() - started
         finally:
             own_redis.process.send_signal(signal.SIGCONT)
-    finally:
-        await redis.aclose()
     # The socket timeout alone is 5 s and the client retries it: the deadline cut it.
     assert elapsed < 3
+
+
+async def test_refused_connections_are_retried_with_doubling_pauses_until_the_window_ends(
+    own_redis: RedisServer, key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``CLAIM_RETRY_FIRST_DELAY`` then twice as long each time; the last pause that
+    would end past the default 5 s ``retry_window`` is not taken: the error is raised."""
+    async with Redis.from_url(own_redis.url, retry=Retry(NoBackoff(), 0)) as redis:
+        claims = claims_on(redis, "a")
+        await claims.claim(key, claims.new_attempt(), [5], TTL_MS)  # loads the script
+        own_redis.kill()  # every call is now refused at once
+        caplog.set_level(logging.DEBUG, logger="taskiq_dedup.claims")
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(claims.claim(key, claims.new_attempt(), [10], TTL_MS), 20)
+    retried = re.compile(
+        rf"Claim call on {re.escape(key)} failed \((?!None\)).+\); retrying in (\S+)s",
+    )
+    pauses = [retried.fullmatch(r.getMessage()) for r in caplog.records]
+    assert all(pauses), [r.getMessage() for r in caplog.records]
+    # 0.1 + 0.2 + 0.4 + 0.8 + 1.6 = 3.1 s of pauses; the next (3.2 s) would end past 5 s.
+    assert [m.group(1) for m in pauses if m] == ["0.1", "0.2", "0.4", "0.8", "1.6"]
+
+
+async def test_a_slow_reply_is_awaited_even_with_no_retry_window(
+    proxy: LatencyProxy, key: str
+) -> None:
+    """``MIN_CALL_TIMEOUT``: a busy Redis gets half a second, however little is left."""
+    async with Redis.from_url(proxy.url) as redis:
+        claims = claims_on(redis, "a", retry_window=0)
+        await claims.claim(key, claims.new_attempt(), [5], TTL_MS)  # loads the script
+        proxy.set_delay(0.1, 0.1)
+        claim = await claims.claim(key, claims.new_attempt(), [10], TTL_MS)
+    assert (claim.verdict, claim.slot) == ("pending", 5)
+
+
+async def test_the_default_pending_lease_is_5_s(client: Redis, key: str) -> None:
+    """README.md: a sender that dies after claiming is taken over after 5 s."""
+    holder = claims_on(client, "a")
+    await holder.claim(key, holder.new_attempt(), [10], TTL_MS)
+    other = await claims_on(client, "b").claim(key, "b#1", [10], TTL_MS)
+    assert other.verdict == "pending"
+    assert 4 < other.lease_left <= 5
 
 
 async def test_a_burst_has_one_winner_per_schedule_over_few_connections(
@@ -331,8 +417,7 @@ async def test_a_call_queued_behind_a_hung_round_trip_keeps_its_own_deadline(
 ) -> None:
     """Found in review: a call queued behind a hung batch waited out that batch's
     timeout before its own began."""
-    redis = Redis.from_url(own_redis.url, socket_timeout=10)
-    try:
+    async with Redis.from_url(own_redis.url, socket_timeout=10) as redis:
         slow = claims_on(redis, "a", retry_window=0)
         await slow.claim(key, slow.new_attempt(), [5], TTL_MS)  # loads the script
         assert own_redis.process is not None
@@ -350,7 +435,5 @@ async def test_a_call_queued_behind_a_hung_round_trip_keeps_its_own_deadline(
         finally:
             own_redis.process.send_signal(signal.SIGCONT)
         assert await first == 0  # answered once Redis resumed, within its own 4 s
-    finally:
-        await redis.aclose()
     # Its own 0.5 s, not the 4 s of the call ahead of it.
     assert queued_for < 2.0

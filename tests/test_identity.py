@@ -1,5 +1,6 @@
 """schedule_id_for: the same schedule from anywhere is one id; different content differs."""
 
+import hashlib
 import json
 from datetime import datetime, timedelta, timezone
 
@@ -12,6 +13,7 @@ from taskiq.kicker import AsyncKicker
 from taskiq.schedule_sources import LabelScheduleSource
 
 from taskiq_dedup import InvalidScheduleError, schedule_id_for
+from taskiq_dedup.identity import content_digest, pinned_id
 
 
 def scheduled(**fields: object) -> ScheduledTask:
@@ -372,4 +374,47 @@ def test_different_firing_sets_give_different_ids(
     left, right = data.draw(spelled(a)), data.draw(spelled(b))
     assert (schedule_id_for(scheduled(cron=left)) == schedule_id_for(scheduled(cron=right))) == (
         a == b
+    )
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def test_the_id_hashes_the_documented_content_exactly() -> None:
+    """Ids are stored in Redis: one that changes between releases re-fires every
+    schedule. The hashed text is written out here by hand; changing it needs a new
+    ``ID_VERSION``."""
+    task = scheduled(
+        task_name="app:job",
+        cron="*/5 * * * *",
+        args=[1, "é", float("inf"), {9, 10}],
+        kwargs={"b": {"y": 1, "x": 2}, "a": None},
+    )
+    text = (
+        '{"args":[1,"é",null,[10,9]],"kwargs":{"a":null,"b":{"x":2,"y":1}},'
+        '"task":"app:job","trigger":"cron:0-55/5 * * * *@UTC","v":2}'
+    )
+    assert schedule_id_for(task) == _digest(text)
+
+
+def test_an_adapters_content_digest_is_its_canonical_json_hashed() -> None:
+    content = {"when": "é", "tags": {"b", "a"}, "job": "x", "mixed": {1, "1"}, "n": float("nan")}
+    text = '{"job":"x","mixed":["1",1],"n":null,"tags":["a","b"],"v":2,"when":"é"}'
+    assert content_digest(content) == _digest(text)
+    assert content_digest(dict(reversed(content.items()))) == _digest(text)
+
+
+def test_a_pin_is_hashed_exactly_when_it_could_be_mistaken() -> None:
+    """A pin holding ``@`` or starting with ``#`` is replaced by ``#`` and its digest,
+    so no pin spells another (pin, task) pair's id."""
+    assert pinned_id("app:job", "nightly") == "nightly@app:job"
+    assert pinned_id("c", "a@b") == f"#{_digest('a@b')}@c"
+    assert pinned_id("c", "#x") == f"#{_digest('#x')}@c"
+    assert pinned_id("b@c", "a") != pinned_id("c", "a@b")
+    assert pinned_id("c", f"#{_digest('a@b')}") != pinned_id("c", "a@b")
+    lone = "\ud800@"  # a lone surrogate: still a pin, hashed as its UTF-8 spelling
+    assert (
+        pinned_id("c", lone)
+        == "#" + hashlib.sha256(lone.encode("utf-8", "surrogatepass")).hexdigest()[:32] + "@c"
     )

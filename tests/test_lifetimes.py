@@ -24,6 +24,8 @@ DAY_MS = 24 * 3600 * 1000
 """README.md: done keys and idempotency keys are kept 24 h."""
 LEASE_MS = 60 * 1000
 """README.md: a running key holds a 60 s lease."""
+PENDING_MS = 15 * 1000
+"""README.md: a kick stays pending (unconfirmed) for 15 s before a later kick replaces it."""
 SLACK_MS = 30_000
 """How much of a lifetime may pass between the operation and the read: far more
 than any test step takes, far less than the figures it tells apart."""
@@ -42,6 +44,16 @@ def kicked_message(task_id: str, key: str = "order-1") -> TaskiqMessage:
 
 def assert_lives(pttl: int, expected_ms: int) -> None:
     assert expected_ms - SLACK_MS < pttl <= expected_ms, (pttl, expected_ms)
+
+
+def assert_pending_for(left_ms: int, expected_ms: int) -> None:
+    """A pending window is short: the slack is a second, not ``SLACK_MS``."""
+    assert expected_ms - 1_000 < left_ms <= expected_ms, (left_ms, expected_ms)
+
+
+async def pending_left(redis: Redis, key: str) -> int:
+    """Milliseconds until a kick's pending binding lapses, by Redis's clock."""
+    return int(await redis.hget(key, "pending_until")) - await redis_now_ms(redis)
 
 
 async def lease_left(redis: Redis, key: str) -> int:
@@ -92,6 +104,7 @@ async def test_idempotency_key_is_kept_a_day_from_the_kick_and_the_run(
     assert await middleware.pre_send(first) is first
     key = KeySpace(prefix).idempotency("charge", "order-1")
     assert_lives(await redis.pttl(key), DAY_MS)  # bound at the kick, before any worker
+    assert_pending_for(await pending_left(redis, key), PENDING_MS)
     await run_once(middleware, first)
     assert await redis.hget(key, "state") == b"done"
     assert_lives(await redis.pttl(key), DAY_MS)

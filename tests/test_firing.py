@@ -1,0 +1,205 @@
+"""``FiringCoordinator``: how long a firing state lives, what each outcome logs and counts.
+
+Read from Redis's own clock (``PTTL``): the fake ``now`` given to the coordinator
+moves only the slot arithmetic, so these checks do not depend on today's date.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from taskiq import ScheduledTask
+
+from taskiq_dedup.claims import FiringClaims
+from taskiq_dedup.firing import FiringCoordinator
+from taskiq_dedup.keys import KeySpace
+from taskiq_dedup.triggers import Trigger, parse_trigger
+from tests.support.redis_server import RedisServer
+
+DAY_MS = 24 * 3600 * 1000
+"""docs/DESIGN.md: a firing state lives at least a day after its last claim."""
+SLACK_MS = 30_000
+"""Time that may pass between the claim and the read: far less than a day."""
+NOW = datetime(2026, 3, 10, 9, 0, 30, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def coordinator(redis: Redis, prefix: str) -> FiringCoordinator:
+    claims = FiringClaims(redis, "a")
+    return FiringCoordinator(claims, KeySpace(prefix), one_off_grace=timedelta(days=1))
+
+
+def cron(expression: str) -> ScheduledTask:
+    return ScheduledTask(task_name="app:job", labels={}, args=[], kwargs={}, cron=expression)
+
+
+async def test_an_every_minute_state_lives_a_day_by_redis_clock(
+    coordinator: FiringCoordinator, redis: Redis
+) -> None:
+    trigger = parse_trigger(cron("* * * * *"))
+    attempt = await coordinator.acquire("minutely", trigger, NOW)
+    assert attempt is not None
+    assert DAY_MS - SLACK_MS < await redis.pttl(attempt.key) <= DAY_MS
+    await coordinator.confirm(attempt)
+    assert DAY_MS - SLACK_MS < await redis.pttl(attempt.key) <= DAY_MS
+
+
+async def test_a_weekly_state_outlives_its_next_firing(
+    coordinator: FiringCoordinator, redis: Redis
+) -> None:
+    """A period longer than a day keeps the state past the next firing's late window."""
+    trigger = parse_trigger(cron("0 9 * * 2"))  # NOW is a Tuesday, 09:00:30
+    attempt = await coordinator.acquire("weekly", trigger, NOW)
+    assert attempt is not None
+    expected_ms = (trigger.state_expiry(attempt.slot) - int(NOW.timestamp())) * 1000
+    assert expected_ms > 7 * DAY_MS
+    assert expected_ms - SLACK_MS < await redis.pttl(attempt.key) <= expected_ms
+
+
+# ------------------------------------------------ what each outcome logs and counts
+
+
+def coordinator_on(redis: Redis, prefix: str, name: str, **options: float) -> FiringCoordinator:
+    lease = options.pop("pending_lease", 30.0)
+    claims = FiringClaims(redis, name, pending_lease=lease, **options)
+    return FiringCoordinator(claims, KeySpace(prefix), one_off_grace=timedelta(days=1))
+
+
+def minutely() -> Trigger:
+    return parse_trigger(cron("* * * * *"))
+
+
+def messages(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == level]
+
+
+SLOT = int(datetime(2026, 3, 10, 9, 0, tzinfo=timezone.utc).timestamp())
+"""The cron slot of ``NOW``."""
+
+
+async def test_a_firing_sent_elsewhere_is_not_sent_and_says_by_whom(
+    redis: Redis, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sender = coordinator_on(redis, prefix, "a")
+    other = coordinator_on(redis, prefix, "b")
+    caplog.set_level(logging.INFO, logger="taskiq_dedup.firing")
+    for schedule in ("s1", "s2"):
+        attempt = await sender.acquire(schedule, minutely(), NOW)
+        assert attempt is not None
+        await sender.confirm(attempt)
+        assert await other.acquire(schedule, minutely(), NOW) is None
+        assert messages(caplog, logging.INFO)[-1] == (
+            f"Firing {SLOT} of schedule {schedule} was sent by {attempt.token}; "
+            "not sending it again"
+        )
+    assert (other.stats.duplicates_cancelled, sender.stats.confirmed) == (2, 2)
+    assert sender.stats.claimed == 2
+
+
+async def test_a_lapsed_sender_is_taken_over_and_its_late_confirm_is_logged(
+    redis: Redis, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    dying = coordinator_on(redis, prefix, "a", pending_lease=0.2)
+    other = coordinator_on(redis, prefix, "b")
+    caplog.set_level(logging.INFO, logger="taskiq_dedup.firing")
+    for schedule in ("s1", "s2"):
+        first = await dying.acquire(schedule, minutely(), NOW)
+        assert first is not None
+        taken = await other.acquire(schedule, minutely(), NOW)
+        assert taken is not None
+        assert (taken.takeover, taken.slot) == (True, SLOT)
+        assert messages(caplog, logging.WARNING)[-1] == (
+            f"Took over firing {SLOT} of schedule {schedule} from {first.token}, whose "
+            "send did not confirm within its lease"
+        )
+        await other.confirm(taken)
+        caplog.clear()
+        await dying.confirm(first)  # it did send: a second copy, for the worker guard
+        assert messages(caplog, logging.INFO) == [
+            f"Firing {SLOT} of schedule {schedule} was taken over while this send ran; "
+            "the worker guard drops the second copy"
+        ]
+    assert other.stats.takeovers == 2
+
+
+async def test_a_late_slot_is_sent_late_and_says_how_late(
+    redis: Redis, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    coordinator = coordinator_on(redis, prefix, "a")
+    caplog.set_level(logging.INFO, logger="taskiq_dedup.firing")
+    for schedule in ("s1", "s2"):
+        attempt = await coordinator.acquire(schedule, minutely(), NOW)
+        assert attempt is not None
+        await coordinator.confirm(attempt)
+        late = await coordinator.acquire(schedule, minutely(), NOW + timedelta(minutes=2))
+        assert late is not None
+        assert (late.slot, late.behind) == (SLOT + 60, True)
+        assert messages(caplog, logging.WARNING)[-1] == (
+            f"Sending firing {SLOT + 60} of schedule {schedule} late (90s after its time)"
+        )
+    assert coordinator.stats.sent_late == 2
+
+
+async def test_slots_past_the_window_are_reported_missed_with_their_utc_time(
+    redis: Redis, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    coordinator = coordinator_on(redis, prefix, "a")
+    attempt = await coordinator.acquire("s1", minutely(), NOW)
+    assert attempt is not None
+    await coordinator.confirm(attempt)
+    caplog.set_level(logging.INFO, logger="taskiq_dedup.firing")
+    won = await coordinator.acquire("s1", minutely(), NOW + timedelta(minutes=10))
+    assert won is not None
+    assert won.slot == SLOT + 8 * 60  # the oldest slot still in the 2 min window
+    expected = [
+        f"Firing {SLOT + m * 60} (2026-03-10T09:0{m}:00+00:00) of schedule s1 was never "
+        "sent: every scheduler was down, blocked or failing past the late window"
+        for m in range(1, 8)
+    ]
+    assert messages(caplog, logging.ERROR) == expected
+    assert coordinator.stats.missed == 7
+
+
+async def test_a_wait_for_a_live_sender_gives_up_after_its_limit(
+    redis: Redis, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sender = coordinator_on(redis, prefix, "a")
+    impatient = coordinator_on(redis, prefix, "b")
+    impatient.wait = 0.2
+    caplog.set_level(logging.INFO, logger="taskiq_dedup.firing")
+    for schedule in ("s1", "s2"):
+        attempt = await sender.acquire(schedule, minutely(), NOW)
+        assert attempt is not None
+        assert await impatient.acquire(schedule, minutely(), NOW) is None
+        assert messages(caplog, logging.WARNING)[-1] == (
+            f"Firing {SLOT} of schedule {schedule} is still being sent by {attempt.token} "
+            "after 0.2s; leaving it to that sender (a later tick takes it over if it died)"
+        )
+    assert impatient.stats.waits_given_up == 2
+
+
+async def test_a_released_slot_is_won_at_once_and_counted(redis: Redis, prefix: str) -> None:
+    failing = coordinator_on(redis, prefix, "a")
+    other = coordinator_on(redis, prefix, "b")
+    for schedule in ("s1", "s2"):
+        attempt = await failing.acquire(schedule, minutely(), NOW)
+        assert attempt is not None
+        await failing.release(attempt)
+        retried = await other.acquire(schedule, minutely(), NOW)
+        assert retried is not None
+        assert (retried.slot, retried.takeover) == (SLOT, False)
+    assert failing.stats.send_failures == 2
+
+
+async def test_claim_errors_are_counted_and_raised(own_redis: RedisServer, prefix: str) -> None:
+    async with Redis.from_url(own_redis.url) as redis:
+        coordinator = coordinator_on(redis, prefix, "a", retry_window=0)
+        own_redis.kill()
+        for schedule in ("s1", "s2"):
+            with pytest.raises(RedisError):
+                await coordinator.acquire(schedule, minutely(), NOW)
+    assert coordinator.stats.claim_errors == 2
