@@ -145,7 +145,10 @@ async def test_three_schedulers_one_claimer_and_one_run_per_entry_and_a_missed_s
     assert sum(s.stats.missed for s in schedulers) == len(missed)  # found once across 3
     reported = [r for r in caplog.records if "was never sent" in r.getMessage()]
     assert [r.slot for r in reported] == missed  # type: ignore[attr-defined]
-    assert len(sent) == 5  # one per tick: the others' claims were refused
+    # No slot won twice. After the gap, two schedulers of one tick may each win a
+    # different slot (the late one and the current one): how many is timing.
+    assert len(sent) == len(set(sent)) >= 5
+    assert set(sent) <= set(every_slot)
     for entry in entries:
         if entry.outcome == "missed":
             assert entry.claimed_by.split("#")[0] in {"s0", "s1", "s2"}  # who found it
