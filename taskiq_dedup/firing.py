@@ -24,6 +24,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from taskiq_dedup.claims import PENDING_LEASE, FiringClaims
+from taskiq_dedup.histograms import CLAIM_SECONDS_BUCKETS, LATENESS_SECONDS_BUCKETS, Histogram
 from taskiq_dedup.log_fields import decision
 from taskiq_dedup.triggers import OneOffTrigger, SlotTrigger, Trigger, epoch_seconds
 
@@ -123,6 +124,12 @@ class FiringCoordinator:
         self.one_off_grace = one_off_grace
         self.wait = wait
         self.stats = FiringStats()
+        self.histograms = {
+            "claim_seconds": Histogram(CLAIM_SECONDS_BUCKETS),
+            "lateness_seconds": Histogram(LATENESS_SECONDS_BUCKETS),
+        }
+        """``claim_seconds``: each ``acquire``, waits included, whatever its outcome;
+        ``lateness_seconds``: each confirmed firing, confirm time minus its slot."""
 
     def state_ttl_ms(self, trigger: Trigger | SlotTrigger, slot: int, now: datetime) -> int:
         """How long the firing state must live after a claim on ``slot`` at ``now``."""
@@ -139,6 +146,15 @@ class FiringCoordinator:
 
         :raises RedisError: Redis failed for the claim's whole retry window.
         """
+        started = time.monotonic()
+        try:
+            return await self._acquire(schedule_id, trigger, now)
+        finally:
+            self.histograms["claim_seconds"].observe(time.monotonic() - started)
+
+    async def _acquire(
+        self, schedule_id: str, trigger: Trigger | SlotTrigger, now: datetime
+    ) -> Attempt | None:
         candidates = due_slots(trigger, now)  # no history: the last, current, is taken
         key = self.keys.firings(schedule_id)
         token = self.claims.new_attempt()
@@ -250,6 +266,7 @@ class FiringCoordinator:
             the worker guard drops.
         """
         self.stats.confirmed += 1
+        self.histograms["lateness_seconds"].observe(max(0.0, time.time() - attempt.slot))
         if not await self.claims.confirm(
             attempt.key,
             attempt.token,

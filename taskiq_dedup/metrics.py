@@ -19,10 +19,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Literal, Protocol, Union
 
 from taskiq_dedup.errors import ConfigurationError
+from taskiq_dedup.histograms import Histogram
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
 
     HAVE_PROMETHEUS = True
     """Whether the optional ``prometheus_client`` is importable."""
@@ -72,6 +77,8 @@ class _Collector:
                     f"taskiq-dedup {role}: {name.replace('_', ' ')} (docs/METRICS.md)",
                     value=total,
                 )
+        for role in ("scheduler", "apscheduler"):
+            yield from _histograms(role, live[role])
         copies = GaugeMetricFamily(
             f"{NAMESPACE}_schedule_copies",
             "Copies of each merged schedule across the composite source's children",
@@ -97,6 +104,28 @@ class _Collector:
 def _schedules(source: object) -> Mapping[str, MergedSchedule]:
     schedules = getattr(source, "schedules", None)
     return schedules if isinstance(schedules, Mapping) else {}
+
+
+HISTOGRAM_HELP = {
+    "claim_seconds": "Seconds each firing's claim took, waits on another sender included",
+    "lateness_seconds": "Seconds from each confirmed firing's slot to its confirm",
+}
+
+
+def _histograms(role: Role, members: list[Tracked]) -> Iterator[Metric]:
+    """Yield the firing coordinators' histograms of ``members``, merged by name."""
+    merged: dict[str, Histogram] = {}
+    for member in members:
+        firings = getattr(member, "firings", None)
+        for name, histogram in getattr(firings, "histograms", {}).items():
+            merged[name] = merged[name].merged(histogram) if name in merged else histogram
+    for name, histogram in merged.items():
+        yield HistogramMetricFamily(
+            f"{NAMESPACE}_{role}_{name}",
+            f"taskiq-dedup {role}: {HISTOGRAM_HELP.get(name, name)} (docs/METRICS.md)",
+            buckets=histogram.cumulative(),
+            sum_value=histogram.total,
+        )
 
 
 def _sums(snapshots: Iterable[object]) -> dict[str, int]:

@@ -15,6 +15,7 @@ from taskiq import InMemoryBroker
 from taskiq.schedule_sources import LabelScheduleSource
 
 from taskiq_dedup import CompositeScheduleSource, ConfigurationError, DedupMiddleware
+from taskiq_dedup.histograms import Histogram
 from taskiq_dedup.middleware import DedupStats
 from taskiq_dedup.source import SourceStats
 from tests.support.clock import FakeClock
@@ -77,6 +78,11 @@ async def test_scheduler_counters_and_copies_are_exported(
     assert value("taskiq_dedup_scheduler_fired_total") == 1
     assert value("taskiq_dedup_scheduler_duplicates_cancelled_total") == 1
     assert value("taskiq_dedup_scheduler_claim_errors_total") == 0
+    # Histograms: every acquire (the won claim and the cancelled one), every confirm.
+    assert value("taskiq_dedup_scheduler_claim_seconds_count") == 2
+    assert value("taskiq_dedup_scheduler_claim_seconds_bucket", {"le": "+Inf"}) == 2
+    assert value("taskiq_dedup_scheduler_claim_seconds_sum") > 0
+    assert value("taskiq_dedup_scheduler_lateness_seconds_count") == 1
     # Two schedulers each see two schedules: the interval, and the two equal crons merged.
     assert value("taskiq_dedup_schedules") == 4
     cron = next(s for s in sources[0].schedules.values() if s.task.cron)
@@ -199,3 +205,19 @@ def test_a_taskiq_scheduler_serves_its_metrics(
     assert figures["taskiq_dedup_scheduler_claimed_total"] >= 2
     assert figures["taskiq_dedup_scheduler_claim_errors_total"] == 0
     assert figures["taskiq_dedup_schedules"] >= 2
+
+
+def test_a_histogram_counts_each_value_in_its_first_bucket_and_merges() -> None:
+    first = Histogram((1.0, 5.0))
+    for value in (0.5, 1.0, 3.0, 9.0):
+        first.observe(value)
+    assert first.counts == [2, 1, 1]  # a value equal to a bound is in that bound's bucket
+    assert first.cumulative() == [("1.0", 2), ("5.0", 3), ("+Inf", 4)]
+    assert (first.total, first.count) == (13.5, 4)
+    second = Histogram((1.0, 5.0))
+    second.observe(2.0)
+    both = first.merged(second)
+    assert (both.counts, both.count, both.total) == ([2, 2, 1], 5, 15.5)
+    assert first.count == 4  # merging leaves its operands alone
+    with pytest.raises(ValueError, match="different bounds"):
+        first.merged(Histogram((2.0,)))
