@@ -13,6 +13,7 @@ whose reply was lost may be sent again.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from typing import TYPE_CHECKING, TypeVar
 
@@ -68,10 +69,24 @@ async def within(seconds: float, call: Callable[[], Awaitable[T]]) -> T:
     while True:
         left = deadline - time.monotonic()
         try:
-            return await asyncio.wait_for(call(), timeout=max(0.0, min(ATTEMPT_TIMEOUT, left)))
+            return await _bounded(call, max(0.0, min(ATTEMPT_TIMEOUT, left)))
         except TRANSIENT_ERRORS:
             left = deadline - time.monotonic()
             if left <= backoff:
                 raise
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, MAX_BACKOFF)
+
+
+if sys.version_info >= (3, 11):
+
+    async def _bounded(call: Callable[[], Awaitable[T]], seconds: float) -> T:
+        """Await ``call()`` for at most ``seconds`` (in this task: no task per try)."""
+        async with asyncio.timeout(seconds):
+            return await call()
+
+else:  # pragma: no cover -- Python 3.10
+
+    async def _bounded(call: Callable[[], Awaitable[T]], seconds: float) -> T:
+        """Await ``call()`` for at most ``seconds``."""
+        return await asyncio.wait_for(call(), timeout=seconds)

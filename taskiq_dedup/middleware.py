@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import socket
-import uuid
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from taskiq.abc.middleware import TaskiqMiddleware
@@ -94,7 +93,9 @@ REDIS_TIMEOUT = ATTEMPT_TIMEOUT
 """Socket timeouts of a client made from ``redis_url``: one try's bound, so a
 hung Redis fails a try (and the operation's deadline still bounds the rest)."""
 
-"""Brokers that hand each message over once: a dead worker's message is gone."""
+TOKEN_BYTES = 8
+"""Random bytes of an attempt's token: it only has to differ from every other
+attempt on the same key, and 64 bits make a collision implausible."""
 
 
 def generation(message: TaskiqMessage) -> int:
@@ -246,7 +247,7 @@ class DedupMiddleware(TaskiqMiddleware):
             on_lost=self._lease_lost,
             on_error=lambda exc: self._redis_error("renew the leases of", "held keys", exc),
         )
-        self._stats = DedupStats()
+        self._counts: dict[Counter, int] = dict.fromkeys(get_args(Counter), 0)
         track("worker", self, metrics)
         self._overlap = OverlapGate(
             OverlapPolicies(self.redis, overlap),
@@ -265,7 +266,7 @@ class DedupMiddleware(TaskiqMiddleware):
     @property
     def stats(self) -> DedupStats:
         """The counters so far (an immutable snapshot)."""
-        return self._stats
+        return DedupStats(**self._counts)
 
     @property
     def held(self) -> int:
@@ -273,7 +274,7 @@ class DedupMiddleware(TaskiqMiddleware):
         return len(self._holds)
 
     def _count(self, counter: Counter) -> None:
-        self._stats = self._stats.bump(counter)
+        self._counts[counter] += 1
 
     def set_broker(self, broker: AsyncBroker) -> None:
         """Attach to ``broker``, refusing combinations that break the guarantees."""
@@ -413,7 +414,8 @@ class DedupMiddleware(TaskiqMiddleware):
         if keyed is None:
             return message
         key, retention_ms, bound = keyed
-        token = uuid.uuid4().hex
+        token = os.urandom(TOKEN_BYTES).hex()
+        attempt = generation(message)
         try:
             claim = await within(
                 self.deadline,
@@ -421,7 +423,7 @@ class DedupMiddleware(TaskiqMiddleware):
                     key,
                     token=token,
                     task_id=message.task_id,
-                    generation=generation(message),
+                    generation=attempt,
                     worker=_worker_name(),
                     lease_ms=self.lease_ms,
                     retention_ms=retention_ms,
@@ -435,7 +437,7 @@ class DedupMiddleware(TaskiqMiddleware):
                 return message
             return skip.skip(message, "unavailable")
         if claim.won:
-            self._holds.add(message, Hold(key, token, retention_ms, generation(message)))
+            self._holds.add(message, Hold(key, token, retention_ms, attempt))
             if claim.verdict == "takeover":
                 self._count("lease_takeovers")
                 logger.info(
@@ -450,7 +452,7 @@ class DedupMiddleware(TaskiqMiddleware):
 
     async def _run_or_wait(self, message: TaskiqMessage, *, bound: bool) -> TaskiqMessage:
         """Apply a won firing's overlap policy (``overlap``): run, wait, or skip it."""
-        if not bound:
+        if not bound and self._overlap.applies(message):
             outcome = await self._overlap.enter(
                 message, str(message.labels[SCHEDULE_ID_LABEL]), _worker_name()
             )

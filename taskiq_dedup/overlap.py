@@ -225,6 +225,10 @@ class OverlapGate:
         self._count = count
         self._on_error = on_error
 
+    def applies(self, message: TaskiqMessage) -> bool:
+        """Whether ``message`` may have a policy other than ``allow`` (else ``enter`` runs it)."""
+        return self.policies.default != "allow" or OVERLAP_LABEL in message.labels
+
     async def enter(self, message: TaskiqMessage, schedule_id: str, worker: str) -> Outcome:
         """Decide whether ``message`` (holding its firing key) runs now, waits or is skipped."""
         policy = self.policies.policy(schedule_id, message.labels)

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 from redis.asyncio import Redis
 
+from taskiq_dedup import script_batches
 from taskiq_dedup.cluster_batches import send_per_node
-from taskiq_dedup.replication import run_replicated
+from taskiq_dedup.replication import Call, run_replicated
 
 if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
@@ -53,16 +54,21 @@ class ScriptPipeline:
     A call made while nothing is on the wire is sent at once, as a plain script
     call. Calls made while one is on the wire wait for it and then go out
     together as one pipeline (one per node on a Cluster client). ``min_replicas``:
-    each call also waits for that many replicas.
+    each call also waits for that many replicas. ``window``: seconds a call
+    made soon after a send waits to be batched with others (0: never waits).
     """
 
-    def __init__(self, redis: Redis, *, min_replicas: int = 0) -> None:
+    def __init__(self, redis: Redis, *, min_replicas: int = 0, window: float = 0.0) -> None:
         self._redis = redis
         self.min_replicas = min_replicas
+        self.window = window
         self._pending: list[_Call] = []
         self._busy = False
         self._sender: asyncio.Task[None] | None = None
         self._pipe: Pipeline | None = None
+        self._batch_forms: dict[tuple[str, ...], AsyncScript] = {}
+        self._next_send = 0.0
+        """The event loop's time before which a new call waits to be batched."""
 
     async def run(
         self,
@@ -76,21 +82,28 @@ class ScriptPipeline:
 
         :raises TimeoutError: no reply within ``timeout`` seconds of this call.
         """
-        if self._busy:
-            loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        if self._busy or loop.time() < self._next_send:
             future: asyncio.Future[Any] = loop.create_future()
             deadline = None if timeout is None else loop.time() + timeout
             self._pending.append(_Call(script, keys, args, future, deadline))
+            if not self._busy:  # the first call of a window: send the batch at its end
+                self._busy = True
+                loop.call_at(self._next_send, self._start_sender)
             # On timeout the future is cancelled: the sender skips it, or drops its reply.
             return await asyncio.wait_for(future, timeout)
         self._busy = True
+        self._next_send = loop.time() + self.window
         try:
             return await asyncio.wait_for(self._one(script, keys, args), timeout)
         finally:
             if self._pending:
-                self._sender = asyncio.create_task(self._send_pending())
+                self._start_sender()
             else:
                 self._busy = False
+
+    def _start_sender(self) -> None:
+        self._sender = asyncio.create_task(self._send_pending())
 
     async def _one(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:  # noqa: ANN401 -- a script's reply
         if not self.min_replicas:
@@ -129,6 +142,7 @@ class ScriptPipeline:
                 if not batch:  # every caller gave up while queued
                     continue
                 deadlines = [call.deadline for call in batch if call.deadline is not None]
+                self._next_send = loop.time() + self.window
                 try:
                     replies = await asyncio.wait_for(
                         self._send(batch),
@@ -149,21 +163,39 @@ class ScriptPipeline:
 
     async def _send(self, batch: list[_Call]) -> list[Any]:
         client: object = self._redis  # typed Redis, but a Cluster client also comes here
-        if self.min_replicas and isinstance(client, Redis):
-            calls = [(call.script, call.keys, call.args) for call in batch]
-            return await run_replicated(self._redis, self._reused_pipe(), calls, self.min_replicas)
         if not isinstance(client, Redis):
             # A Cluster client's pipelines run no scripts: one pipeline per node instead.
             calls = [(call.script, call.keys, call.args) for call in batch]
             return await send_per_node(cast("RedisCluster", client), calls, self.min_replicas)
-        if len(batch) == 1:
-            return list(
-                await asyncio.gather(
-                    *(call.script(keys=call.keys, args=call.args) for call in batch),
-                    return_exceptions=True,
-                ),
+        call: Call = (batch[0].script, batch[0].keys, batch[0].args)
+        if len(batch) > 1:
+            form, numbers = self._batch_form([call.script for call in batch])
+            keys, args = script_batches.pack(
+                [(numbers[c.script.sha], c.keys, c.args) for c in batch]
             )
-        pipe = self._reused_pipe()
-        for call in batch:
-            await call.script(keys=call.keys, args=call.args, client=pipe)
-        return list(await pipe.execute(raise_on_error=False))
+            call = (form, keys, args)
+        if self.min_replicas:
+            (reply,) = await run_replicated(
+                self._redis, self._reused_pipe(), [call], self.min_replicas
+            )
+        else:
+            try:
+                reply = await call[0](keys=call[1], args=call[2])
+            except Exception as exc:  # the call's reply, as a pipeline gives it
+                reply = exc
+        return script_batches.unpack(reply, len(batch)) if len(batch) > 1 else [reply]
+
+    def _batch_form(self, scripts: list[AsyncScript]) -> tuple[AsyncScript, dict[str, int]]:
+        """Return the batch form of ``scripts`` and each one's number in it (by SHA)."""
+        distinct = {script.sha: script for script in scripts}
+        shas = tuple(sorted(distinct))
+        form = self._batch_forms.get(shas)
+        if form is None:
+            bodies = [_text(distinct[sha].script) for sha in shas]
+            form = self._redis.register_script(script_batches.batch_lua(bodies))
+            self._batch_forms[shas] = form
+        return form, {sha: number for number, sha in enumerate(shas, 1)}
+
+
+def _text(body: str | bytes | memoryview) -> str:
+    return body if isinstance(body, str) else bytes(body).decode()
