@@ -445,6 +445,36 @@ async def test_a_takeover_of_the_lapsed_slot_itself_or_after_a_release_has_none_
     assert (rewon.verdict, rewon.slot, rewon.previous, rewon.unconfirmed) == ("won", 40, 19, None)
 
 
+async def test_a_lapsed_claim_whose_slot_a_late_confirm_sent_has_none_unconfirmed(
+    client: Redis, key: str
+) -> None:
+    """a claims 20 and stalls; b takes 20 over and dies; a's late confirm moves the
+    cursor to 20. 20 is sent, so the claim that passes b's lapsed claim reports nothing."""
+    claims = claims_on(client, "a", pending_lease=0.2)
+    stalled = claims.new_attempt()
+    await claims.claim(key, stalled, [20], TTL_MS)
+    replies = []
+
+    async def taken_over() -> bool:
+        replies.append(await claims.claim(key, "b#1", [20], TTL_MS))
+        return replies[-1].won
+
+    await eventually(taken_over, timeout=5)
+    assert not await claims.confirm(key, stalled, 20, TTL_MS)  # b holds it: 0, cursor 20
+    replies.clear()
+
+    async def passed() -> bool:
+        replies.append(await claims.claim(key, "c#1", [40], TTL_MS))
+        return replies[-1].won
+
+    await eventually(passed, timeout=5)
+    assert (replies[-1].verdict, replies[-1].previous, replies[-1].unconfirmed) == (
+        "takeover",
+        20,
+        None,
+    )
+
+
 async def test_a_retry_that_finds_its_own_claim_restarts_the_lease(client: Redis, key: str) -> None:
     claims = claims_on(client, "a", pending_lease=30)
     attempt = claims.new_attempt()
