@@ -12,6 +12,9 @@ only by the three scripts below. Its fields:
   it), returned again to a retry of that claim;
 - ``unconfirmed``: the slot of a lapsed claim the pending attempt's claim passed
   (``''`` if none), returned again to a retry of that claim;
+- ``lapsed``: the slot of a lapsed claim the pending (or released) attempt took
+  over to send again (``''`` if none): its dead sender may have sent it, so a
+  later claim that passes it unsent reports it unconfirmed, not missed;
 - ``log``: the firing ledger (``ledger``), appended by confirm and release, read by
   no script.
 
@@ -66,13 +69,14 @@ CLAIM_SCRIPT = """
 --   'pending'  the other holder is sending slot under a live lease
 --   'sent'     every candidate is sent already (slot = the cursor; 0 when the
 --              state has no history and ARGV[4] is '')
--- unconfirmed: '' or, for a takeover that passes the lapsed claim's own slot (it
---   left the candidates), that slot: after 'sent before', before slot, and perhaps
---   sent by the lapsed sender, which died after its kick or before it
+-- unconfirmed: '' or, for a claim that passes a lapsed claim's own slot (it left
+--   the candidates), that slot: after 'sent before', before slot, and perhaps sent
+--   by the lapsed sender, which died after its kick or before it. The lapsed claim
+--   is the holder's, or one a released claim had taken over ('lapsed').
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local h = redis.call('HMGET', KEYS[1], 'sent', 'slot', 'holder', 'lease_until', 'sent_by', 'from',
-  'unconfirmed')
+  'unconfirmed', 'lapsed')
 local sent, holder = h[1], h[3]
 if holder == ARGV[1] then  -- a retry whose first reply was lost: the lease starts now
   redis.call('HSET', KEYS[1], 'lease_until', string.format('%.0f', now + tonumber(ARGV[2])))
@@ -101,10 +105,19 @@ if not pick then
 end
 -- A lapsed claim's slot that this claim passes is not missed: its sender may have
 -- kicked it before dying. (Its own missed slots were reported when it claimed.)
-local unconfirmed = ''
-if holder and after and h[2] and tonumber(h[2]) > tonumber(after)
-    and tonumber(h[2]) < tonumber(pick) then
-  unconfirmed = h[2]
+-- One that this claim takes over is remembered ('lapsed') until it is sent or
+-- passed: a release of this claim (a failed send) does not make it missed.
+local lapsed = h[8]
+if holder then  -- lapsed: a live one answered 'pending' above
+  lapsed = h[2]
+end
+local unconfirmed, keep = '', ''
+if lapsed and lapsed ~= '' and after and tonumber(lapsed) > tonumber(after) then
+  if tonumber(lapsed) < tonumber(pick) then
+    unconfirmed = lapsed
+  elseif tonumber(lapsed) == tonumber(pick) then
+    keep = lapsed
+  end
 end
 -- The cursor moves to just before the slot won: every earlier slot is sent or is
 -- reported missed by this claim's winner (the cursor it moved from is kept in
@@ -113,7 +126,7 @@ end
 redis.call('HSET', KEYS[1], 'slot', pick, 'holder', ARGV[1],
   'lease_until', string.format('%.0f', now + tonumber(ARGV[2])),
   'sent', string.format('%.0f', tonumber(pick) - 1), 'from', after or '',
-  'unconfirmed', unconfirmed)
+  'unconfirmed', unconfirmed, 'lapsed', keep)
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < tonumber(ARGV[3]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -121,7 +134,7 @@ end
 if holder then
   return {'takeover', pick, after or '', holder, 0, unconfirmed}
 end
-return {'won', pick, after or '', '', 0, ''}
+return {'won', pick, after or '', '', 0, unconfirmed}
 """
 
 CONFIRM_SCRIPT = (

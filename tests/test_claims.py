@@ -418,11 +418,12 @@ async def test_a_lapsed_claims_slot_past_the_window_is_unconfirmed_not_missed(
     assert await client.hget(key, "unconfirmed") is None  # gone with the claim
 
 
-async def test_a_takeover_of_the_lapsed_slot_itself_or_after_a_release_has_none_unconfirmed(
+async def test_a_takeover_of_the_lapsed_slot_reports_none_and_its_release_keeps_it_unconfirmed(
     client: Redis, key: str
 ) -> None:
-    """A takeover that re-sends the lapsed slot passes nothing; a released claim's
-    send failed, so its slot, if it leaves the window, is missed, not unconfirmed."""
+    """A takeover that re-sends the lapsed slot passes nothing. If its send fails
+    (a release), the first sender may still have sent the slot: found by the fault
+    model, the claim that passes it later reports it unconfirmed, not missed."""
     claims = claims_on(client, "a", pending_lease=0.2)
     first = claims.new_attempt()
     await claims.claim(key, first, [10], TTL_MS)
@@ -442,7 +443,20 @@ async def test_a_takeover_of_the_lapsed_slot_itself_or_after_a_release_has_none_
     )
     assert await claims_on(client, "b").release(key, "b#1")  # its send failed
     rewon = await claims.claim(key, claims.new_attempt(), [40], TTL_MS)
-    assert (rewon.verdict, rewon.slot, rewon.previous, rewon.unconfirmed) == ("won", 40, 19, None)
+    assert (rewon.verdict, rewon.slot, rewon.previous, rewon.unconfirmed) == ("won", 40, 19, 20)
+
+
+async def test_a_released_claims_slot_past_the_window_is_missed(client: Redis, key: str) -> None:
+    """A send that failed, with no lapsed claim before it, sent nothing: missed."""
+    claims = claims_on(client, "a")
+    first = claims.new_attempt()
+    await claims.claim(key, first, [10], TTL_MS)
+    await claims.confirm(key, first, 10, TTL_MS)
+    failed = claims.new_attempt()
+    await claims.claim(key, failed, [20], TTL_MS)
+    assert await claims.release(key, failed)
+    later = await claims.claim(key, claims.new_attempt(), [40], TTL_MS)
+    assert (later.verdict, later.slot, later.previous, later.unconfirmed) == ("won", 40, 19, None)
 
 
 async def test_a_lapsed_claim_whose_slot_a_late_confirm_sent_has_none_unconfirmed(
