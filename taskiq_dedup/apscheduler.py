@@ -255,6 +255,9 @@ class ExecutorStats:
     """Job leases taken over from a worker whose run's lease lapsed (it crashed)."""
     missed: int = 0
     """Slots nobody ran between the last run and this one, each logged at ERROR."""
+    unconfirmed: int = 0
+    """Slots whose scheduler died after claiming them, perhaps after handing them
+    to the inner executor, passed by a later claim; each logged at WARNING."""
     waits_given_up: int = 0
     """Run times left to a scheduler whose hand-over outlasted the longest wait."""
     redis_errors: int = 0
@@ -399,6 +402,7 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
         snapshot.takeovers = firing.takeovers
         snapshot.submit_failures = firing.send_failures
         snapshot.missed = firing.missed
+        snapshot.unconfirmed = firing.unconfirmed
         snapshot.waits_given_up = firing.waits_given_up
         return snapshot
 

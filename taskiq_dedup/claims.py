@@ -10,6 +10,11 @@ only by the three scripts below. Its fields:
 - ``sent_by``: the attempt that confirmed ``sent``, for logs;
 - ``from``: the cursor before the pending attempt's claim (its missed slots follow
   it), returned again to a retry of that claim;
+- ``unconfirmed``: the slot of a lapsed claim the pending attempt's claim passed
+  (``''`` if none), returned again to a retry of that claim;
+- ``lapsed``: the slot of a lapsed claim the pending (or released) attempt took
+  over to send again (``''`` if none): its dead sender may have sent it, so a
+  later claim that passes it unsent reports it unconfirmed, not missed;
 - ``log``: the firing ledger (``ledger``), appended by confirm and release, read by
   no script.
 
@@ -57,29 +62,34 @@ CLAIM_SCRIPT = """
 -- ARGV[4] = the slot to take when the state has no history (the current slot),
 --           or '' to take none (a catch-up: nothing was ever sent to catch up on)
 -- ARGV[5..n] = candidate slots, ascending
--- returns {verdict, slot, sent before, other holder, lease left in ms}:
+-- returns {verdict, slot, sent before, other holder, lease left in ms, unconfirmed}:
 --   'won'      this attempt now holds slot, pending (also a retry of a claim
 --              whose reply was lost)
 --   'takeover' as 'won', after the other holder's pending lease had lapsed
 --   'pending'  the other holder is sending slot under a live lease
 --   'sent'     every candidate is sent already (slot = the cursor; 0 when the
 --              state has no history and ARGV[4] is '')
+-- unconfirmed: '' or, for a claim that passes a lapsed claim's own slot (it left
+--   the candidates), that slot: after 'sent before', before slot, and perhaps sent
+--   by the lapsed sender, which died after its kick or before it. The lapsed claim
+--   is the holder's, or one a released claim had taken over ('lapsed').
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local h = redis.call('HMGET', KEYS[1], 'sent', 'slot', 'holder', 'lease_until', 'sent_by', 'from')
+local h = redis.call('HMGET', KEYS[1], 'sent', 'slot', 'holder', 'lease_until', 'sent_by', 'from',
+  'unconfirmed', 'lapsed')
 local sent, holder = h[1], h[3]
 if holder == ARGV[1] then  -- a retry whose first reply was lost: the lease starts now
   redis.call('HSET', KEYS[1], 'lease_until', string.format('%.0f', now + tonumber(ARGV[2])))
-  return {'won', h[2], h[6] or '', '', 0}
+  return {'won', h[2], h[6] or '', '', 0, h[7] or ''}
 end
 if holder and tonumber(h[4]) > now then
-  return {'pending', h[2], sent or '', holder, tonumber(h[4]) - now}
+  return {'pending', h[2], sent or '', holder, tonumber(h[4]) - now, ''}
 end
 local after = sent
 local pick = false
 if not after then
   if ARGV[4] == '' then
-    return {'sent', '0', '', '', 0}
+    return {'sent', '0', '', '', 0, ''}
   end
   pick = ARGV[4]  -- no history (new schedule, or data lost): the current slot only
 else
@@ -91,7 +101,23 @@ else
   end
 end
 if not pick then
-  return {'sent', after, after, h[5] or '', 0}
+  return {'sent', after, after, h[5] or '', 0, ''}
+end
+-- A lapsed claim's slot that this claim passes is not missed: its sender may have
+-- kicked it before dying. (Its own missed slots were reported when it claimed.)
+-- One that this claim takes over is remembered ('lapsed') until it is sent or
+-- passed: a release of this claim (a failed send) does not make it missed.
+local lapsed = h[8]
+if holder then  -- lapsed: a live one answered 'pending' above
+  lapsed = h[2]
+end
+local unconfirmed, keep = '', ''
+if lapsed and lapsed ~= '' and after and tonumber(lapsed) > tonumber(after) then
+  if tonumber(lapsed) < tonumber(pick) then
+    unconfirmed = lapsed
+  elseif tonumber(lapsed) == tonumber(pick) then
+    keep = lapsed
+  end
 end
 -- The cursor moves to just before the slot won: every earlier slot is sent or is
 -- reported missed by this claim's winner (the cursor it moved from is kept in
@@ -99,15 +125,16 @@ end
 -- release starts from the won slot and never reports the same slots again.
 redis.call('HSET', KEYS[1], 'slot', pick, 'holder', ARGV[1],
   'lease_until', string.format('%.0f', now + tonumber(ARGV[2])),
-  'sent', string.format('%.0f', tonumber(pick) - 1), 'from', after or '')
+  'sent', string.format('%.0f', tonumber(pick) - 1), 'from', after or '',
+  'unconfirmed', unconfirmed, 'lapsed', keep)
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < tonumber(ARGV[3]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
 if holder then
-  return {'takeover', pick, after or '', holder, 0}
+  return {'takeover', pick, after or '', holder, 0, unconfirmed}
 end
-return {'won', pick, after or '', '', 0}
+return {'won', pick, after or '', '', 0, unconfirmed}
 """
 
 CONFIRM_SCRIPT = (
@@ -118,7 +145,8 @@ CONFIRM_SCRIPT = (
 -- ARGV[2] = the slot it sent
 -- ARGV[3] = time to live of the state in milliseconds
 -- ARGV[4] = "1" if the attempt took the slot over from a lapsed sender, else "0"
--- ARGV[5..n] = slots the claim skipped as missed, for the ledger
+-- ARGV[5] = the lapsed claim's slot the claim passed (its 'unconfirmed'), or ''
+-- ARGV[6..n] = slots the claim skipped as missed, for the ledger
 -- returns 1 if this attempt's claim is now sent (also a retry whose first
 -- reply was lost), 0 if another attempt had taken it over (both sent: the
 -- worker guard drops the second copy). The cursor moves forward either way:
@@ -132,14 +160,14 @@ if not h[2] or tonumber(ARGV[2]) > tonumber(h[2]) then
   mine = mine or not h[1]
 end
 if h[1] == ARGV[1] then  -- after the HSET: a hash left empty would be deleted
-  redis.call('HDEL', KEYS[1], 'slot', 'holder', 'lease_until', 'from')
+  redis.call('HDEL', KEYS[1], 'slot', 'holder', 'lease_until', 'from', 'unconfirmed')
 end
 if mine and first then
   local outcome = 'sent'
   if ARGV[4] == '1' then
     outcome = 'taken_over'
   end
-  ledger_append(KEYS[1], ARGV[1], 5, ARGV[2], outcome)
+  ledger_append(KEYS[1], ARGV[1], ARGV[5], 6, ARGV[2], outcome)
 end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < tonumber(ARGV[3]) then
@@ -157,13 +185,14 @@ RELEASE_SCRIPT = (
     + """
 -- KEYS[1] = the schedule's firing state
 -- ARGV[1] = the attempt's token
--- ARGV[2..n] = slots the claim skipped as missed, for the ledger
+-- ARGV[2] = the lapsed claim's slot the claim passed, or ''
+-- ARGV[3..n] = slots the claim skipped as missed, for the ledger
 -- returns 1 if this attempt's pending claim was dropped (its send failed), so a
 -- waiting scheduler takes the slot at once; 0 if it no longer held it. The cursor
 -- the claim left just before the slot keeps the slot next in line.
 if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then
-  redis.call('HDEL', KEYS[1], 'slot', 'holder', 'lease_until', 'from')
-  ledger_append(KEYS[1], ARGV[1], 2, false, false)
+  redis.call('HDEL', KEYS[1], 'slot', 'holder', 'lease_until', 'from', 'unconfirmed')
+  ledger_append(KEYS[1], ARGV[1], ARGV[2], 3, false, false)
   return 1
 end
 return 0
@@ -206,11 +235,14 @@ class Claim:
     """The slot won, pending, or the cursor when every candidate is sent."""
     previous: int | None
     """The cursor before this claim (or just before a lapsed first send's slot):
-    slots after it and before ``slot`` were missed."""
+    slots after it and before ``slot`` were missed, except ``unconfirmed``."""
     holder: str
     """The other attempt: pending, taken over, or the sender of the cursor."""
     lease_left: float
     """Seconds the other attempt's pending lease has left ('pending' only)."""
+    unconfirmed: int | None = None
+    """The slot of the lapsed claim this takeover passed: its sender died after
+    claiming it, perhaps after sending it. Between ``previous`` and ``slot``."""
 
     @property
     def won(self) -> bool:
@@ -279,13 +311,14 @@ class FiringClaims:
                 *candidates,
             ],
         )
-        verdict, slot, previous, holder, left = (_text(part) for part in reply)
+        verdict, slot, previous, holder, left, unconfirmed = (_text(part) for part in reply)
         return Claim(
             verdict=cast("Verdict", verdict),
             slot=int(slot),
             previous=int(previous) if previous else None,
             holder=holder,
             lease_left=int(left) / 1000,
+            unconfirmed=int(unconfirmed) if unconfirmed else None,
         )
 
     async def confirm(
@@ -297,17 +330,27 @@ class FiringClaims:
         *,
         takeover: bool = False,
         missed: Sequence[int] = (),
+        unconfirmed: int | None = None,
     ) -> bool:
         """Record that ``attempt`` put ``slot`` in the broker; False if taken over.
 
-        ``takeover`` and ``missed`` (the slots its claim skipped) go to the ledger.
+        ``takeover``, ``unconfirmed`` (``Claim.unconfirmed``) and ``missed`` (the
+        slots its claim skipped) go to the ledger.
         """
-        args: list[object] = [attempt, slot, ttl_ms, "1" if takeover else "0"]
+        args: list[object] = [attempt, slot, ttl_ms, "1" if takeover else "0", unconfirmed or ""]
         return bool(await self._call(self._confirm, key, [*args, *missed_for_ledger(missed)]))
 
-    async def release(self, key: str, attempt: str, *, missed: Sequence[int] = ()) -> bool:
-        """Drop ``attempt``'s pending claim after a failed send (``missed``: as ``confirm``)."""
-        return bool(await self._call(self._release, key, [attempt, *missed_for_ledger(missed)]))
+    async def release(
+        self,
+        key: str,
+        attempt: str,
+        *,
+        missed: Sequence[int] = (),
+        unconfirmed: int | None = None,
+    ) -> bool:
+        """Drop ``attempt``'s pending claim after a failed send (the rest: as ``confirm``)."""
+        args: list[object] = [attempt, unconfirmed or "", *missed_for_ledger(missed)]
+        return bool(await self._call(self._release, key, args))
 
     async def _call(self, script: AsyncScript, key: str, args: list[object]) -> Any:  # noqa: ANN401 -- a script's reply
         """Run one script, retrying Redis errors until ``retry_window`` has passed.

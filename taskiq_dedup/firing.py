@@ -11,7 +11,9 @@ any kind (it knows schedules only by id and trigger, not taskiq or APScheduler):
    ``release``, so a waiting scheduler sends at once.
 
 Slots that fell out of the window unsent are reported once (by the winner that
-skips past them) at ERROR, naming schedule and slot.
+skips past them) at ERROR, naming schedule and slot. The one exception is a lapsed
+claim's own slot: its sender died after claiming it, perhaps after sending it, so
+it is reported *unconfirmed*, at WARNING.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ class Attempt:
     takeover: bool
     missed: tuple[int, ...] = ()
     """Slots the claim skipped as never sent (reported; written to the ledger)."""
+    unconfirmed: int | None = None
+    """The skipped slot of a lapsed claim, perhaps sent (reported; to the ledger)."""
 
     def log_fields(self) -> dict[str, object]:
         """Return the ``extra=`` of a log line about this attempt (``log_fields``)."""
@@ -102,6 +106,9 @@ class FiringStats:
     """Won slots older than the tick's current slot (a skipped or late tick)."""
     missed: int = 0
     """Slots never sent within the late window, reported at ERROR."""
+    unconfirmed: int = 0
+    """Slots whose sender died after claiming them and that left the late window
+    before a takeover: perhaps sent, perhaps not; reported at WARNING."""
     waits_given_up: int = 0
     """Pending claims still live after the longest wait: left to their sender."""
     claim_errors: int = 0
@@ -202,7 +209,11 @@ class FiringCoordinator:
         missed = (
             ()
             if claim.previous is None
-            else tuple(trigger.slots_between(claim.previous, claim.slot))
+            else tuple(
+                slot
+                for slot in trigger.slots_between(claim.previous, claim.slot)
+                if slot != claim.unconfirmed
+            )
         )
         attempt = Attempt(
             schedule_id=schedule_id,
@@ -213,6 +224,7 @@ class FiringCoordinator:
             behind=claim.slot < candidates[-1],
             takeover=claim.verdict == "takeover",
             missed=missed,
+            unconfirmed=claim.unconfirmed,
         )
         if attempt.takeover:
             self.stats.takeovers += 1
@@ -237,8 +249,29 @@ class FiringCoordinator:
                     schedule_id=schedule_id, slot=claim.slot, key=key, holder=self.claims.holder
                 ),
             )
+        if claim.unconfirmed is not None:
+            self._report_unconfirmed(schedule_id, claim.unconfirmed, claim.holder)
         self._report_missed(schedule_id, missed)
         return attempt
+
+    def _report_unconfirmed(self, schedule_id: str, slot: int, holder: str) -> None:
+        """Log the slot of a lapsed claim that left the window before anyone took it over."""
+        self.stats.unconfirmed += 1
+        logger.warning(
+            "Firing %s (%s) of schedule %s is unconfirmed: its sender %s claimed it and "
+            "stopped before confirming, perhaps after sending it (the worker guard runs "
+            "it at most once); too late to send it again",
+            slot,
+            datetime.fromtimestamp(slot, tz=timezone.utc).isoformat(),
+            schedule_id,
+            holder,
+            extra=decision(
+                schedule_id=schedule_id,
+                slot=slot,
+                key=self.keys.firings(schedule_id),
+                holder=holder,
+            ),
+        )
 
     def _report_missed(self, schedule_id: str, missed: tuple[int, ...]) -> None:
         """Log, once across schedulers, the slots between the cursor and the one won."""
@@ -274,6 +307,7 @@ class FiringCoordinator:
             attempt.ttl_ms,
             takeover=attempt.takeover,
             missed=attempt.missed,
+            unconfirmed=attempt.unconfirmed,
         ):
             logger.info(
                 "Firing %s of schedule %s was taken over while this send ran; the worker "
@@ -286,4 +320,6 @@ class FiringCoordinator:
     async def release(self, attempt: Attempt) -> None:
         """Give up ``attempt`` after its send failed, so another sender takes the slot."""
         self.stats.send_failures += 1
-        await self.claims.release(attempt.key, attempt.token, missed=attempt.missed)
+        await self.claims.release(
+            attempt.key, attempt.token, missed=attempt.missed, unconfirmed=attempt.unconfirmed
+        )

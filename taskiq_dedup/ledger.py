@@ -6,7 +6,9 @@ Written only inside the scripts the claims already run (no extra round trip):
   a JSON array of the last ``LEDGER_LENGTH`` entries ``{slot, by, at, outcome}``,
   appended by ``claims.CONFIRM_SCRIPT`` (outcome ``sent`` or ``taken_over``, ``at``
   = Redis time of the confirm) and, for the slots a claim skipped, by the confirm
-  or release that ends that claim (outcome ``missed``, ``at`` = detection time);
+  or release that ends that claim (outcome ``missed``, or ``unconfirmed`` for the
+  slot of a lapsed claim it passed, which may have been sent; ``at`` = detection
+  time);
 - worker side, in each firing's run key (``KeySpace.firing``): ``started_at``,
   ``last_worker``, ``finished_at``, ``outcome`` (``ran`` / ``skipped_overlap`` /
   ``failed``) and ``dupes`` (deliveries refused as duplicates), written by ``leases``'
@@ -40,11 +42,11 @@ MISSED_RECORDED = 8
 a per-second schedule must not push every sent firing out of the log. The ERROR
 log line and the ``missed`` counter still count every missed slot."""
 
-Outcome = Literal["missed", "sent", "running", "ran", "skipped_overlap", "failed"]
+Outcome = Literal["missed", "unconfirmed", "sent", "running", "ran", "skipped_overlap", "failed"]
 
 LEDGER_LUA = """
-local function ledger_append(key, by, missed_from, slot, outcome)
-  if not slot and missed_from > #ARGV then
+local function ledger_append(key, by, unconfirmed, missed_from, slot, outcome)
+  if not slot and unconfirmed == '' and missed_from > #ARGV then
     return
   end
   local t = redis.call('TIME')
@@ -56,6 +58,9 @@ local function ledger_append(key, by, missed_from, slot, outcome)
     if ok and type(decoded) == 'table' then
       log = decoded
     end
+  end
+  if unconfirmed ~= '' then
+    log[#log + 1] = {slot = tonumber(unconfirmed), by = by, at = now, outcome = 'unconfirmed'}
   end
   for i = missed_from, #ARGV do
     log[#log + 1] = {slot = tonumber(ARGV[i]), by = by, at = now, outcome = 'missed'}
@@ -74,9 +79,10 @@ local function ledger_append(key, by, missed_from, slot, outcome)
   redis.call('HSET', key, 'log', cjson.encode(log))
 end
 """.replace("LEDGER_LENGTH", str(LEDGER_LENGTH))
-"""``ledger_append(key, by, missed_from, slot, outcome)``, prepended to the claim
-scripts that write the log: appends ``ARGV[missed_from..]`` as missed slots, then
-``slot`` (if given) with ``outcome``, and keeps the last ``LEDGER_LENGTH``."""
+"""``ledger_append(key, by, unconfirmed, missed_from, slot, outcome)``, prepended to
+the claim scripts that write the log: appends ``unconfirmed`` (a slot, or ``''``
+for none) as unconfirmed, ``ARGV[missed_from..]`` as missed slots, then ``slot``
+(if given) with ``outcome``, and keeps the last ``LEDGER_LENGTH``."""
 
 _RUN_FIELDS = ("state", "last_worker", "started_at", "finished_at", "outcome", "dupes")
 
@@ -88,15 +94,19 @@ class LedgerEntry:
     slot: int
     """The firing's slot (epoch seconds)."""
     outcome: Outcome
-    """``missed`` (nobody sent it), ``sent`` (in the broker, no worker has taken
-    it, or its run record expired), ``running``, ``ran`` or ``failed``."""
+    """``missed`` (nobody sent it), ``unconfirmed`` (its sender died after claiming
+    it, perhaps after sending it: ``worker`` and ``started_at`` show whether a
+    worker took it),
+    ``sent`` (in the broker, no worker has taken it, or its run record expired),
+    ``running``, ``ran``, ``skipped_overlap`` or ``failed``."""
     claimed_by: str
     """The scheduler attempt (``host:pid#random``) that sent the slot; for a missed
-    slot, the one whose claim found it missed."""
+    or unconfirmed slot, the one whose claim found it so."""
     sent_at: datetime | None
-    """When the broker took it (Redis time of the confirm); None if missed."""
+    """When the broker took it (Redis time of the confirm); None if missed or
+    unconfirmed."""
     detected_at: datetime | None
-    """When a claim found the slot missed; None unless missed."""
+    """When a claim found the slot missed or unconfirmed; None otherwise."""
     taken_over: bool
     """The sender took the slot over from a sender whose lease lapsed."""
     worker: str | None
@@ -150,20 +160,24 @@ def _entry(item: dict[str, object], run: list[str | None]) -> LedgerEntry:
     state, worker, started, finished, outcome, dupes = run
     recorded = str(item.get("outcome", "sent"))
     at = _when(item.get("at"))
-    result: Outcome = "missed" if recorded == "missed" else "sent"
-    if recorded != "missed":
-        if state == "done":
-            result = "skipped_overlap" if outcome == "skipped_overlap" else "ran"
-        elif state == "running":
-            result = "running"
-        elif outcome == "failed":
-            result = "failed"
+    found = recorded in ("missed", "unconfirmed")  # by a claim, not by a confirm
+    result: Outcome = "sent"
+    if recorded == "missed":
+        result = "missed"
+    elif recorded == "unconfirmed":
+        result = "unconfirmed"  # the run record, if any, shows whether it ran
+    elif state == "done":
+        result = "skipped_overlap" if outcome == "skipped_overlap" else "ran"
+    elif state == "running":
+        result = "running"
+    elif outcome == "failed":
+        result = "failed"
     return LedgerEntry(
         slot=int(str(item["slot"])),
         outcome=result,
         claimed_by=str(item.get("by", "")),
-        sent_at=None if recorded == "missed" else at,
-        detected_at=at if recorded == "missed" else None,
+        sent_at=None if found else at,
+        detected_at=at if found else None,
         taken_over=recorded == "taken_over",
         worker=worker,
         started_at=_when(started),

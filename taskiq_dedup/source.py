@@ -107,6 +107,9 @@ class SourceStats:
     """Firings sent after a later slot was already due (a late or skipped tick)."""
     missed: int = 0
     """Firings never sent within the late window, each logged at ERROR."""
+    unconfirmed: int = 0
+    """Firings whose sender died after claiming them, perhaps after sending them,
+    and that left the late window before a takeover; each logged at WARNING."""
     waits_given_up: int = 0
     """Firings left to another scheduler whose send outlasted the longest wait."""
     claim_errors: int = 0
@@ -273,6 +276,7 @@ class CompositeScheduleSource(ScheduleSource):
             send_failures=firing.send_failures,
             sent_late=firing.sent_late,
             missed=firing.missed,
+            unconfirmed=firing.unconfirmed,
             waits_given_up=firing.waits_given_up,
             claim_errors=firing.claim_errors,
             caught_up=self.catch_up.stats.caught_up,

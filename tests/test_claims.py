@@ -385,6 +385,110 @@ async def test_missed_slots_are_reported_to_one_winner_only(client: Redis, key: 
     assert (replies[-1].verdict, replies[-1].slot, replies[-1].previous) == ("takeover", 40, 39)
 
 
+async def test_a_lapsed_claims_slot_past_the_window_is_unconfirmed_not_missed(
+    client: Redis, key: str
+) -> None:
+    """Found by the fault model: a sender died after claiming 20 (perhaps after its
+    kick), and 20 left the window before anyone took it over. The takeover's reply
+    names 20 apart from the slots it passes, so 20 is not reported missed; 30, which
+    nobody claimed, still is."""
+    claims = claims_on(client, "a", pending_lease=0.2)
+    first = claims.new_attempt()
+    await claims.claim(key, first, [10], TTL_MS)
+    await claims.confirm(key, first, 10, TTL_MS)
+    dead = await claims.claim(key, claims.new_attempt(), [20], TTL_MS)
+    assert (dead.slot, dead.unconfirmed) == (20, None)
+    replies = []
+
+    async def taken_over() -> bool:
+        replies.append(await claims_on(client, "b").claim(key, "b#1", [40, 50], TTL_MS))
+        return replies[-1].won
+
+    await eventually(taken_over, timeout=5)
+    taken = replies[-1]
+    assert (taken.verdict, taken.slot, taken.previous, taken.unconfirmed) == (
+        "takeover",
+        40,
+        19,
+        20,
+    )
+    retried = await claims_on(client, "b").claim(key, "b#1", [40, 50], TTL_MS)  # reply lost
+    assert (retried.slot, retried.previous, retried.unconfirmed) == (40, 19, 20)
+    assert await claims_on(client, "b").confirm(key, "b#1", 40, TTL_MS, takeover=True)
+    assert await client.hget(key, "unconfirmed") is None  # gone with the claim
+
+
+async def test_a_takeover_of_the_lapsed_slot_reports_none_and_its_release_keeps_it_unconfirmed(
+    client: Redis, key: str
+) -> None:
+    """A takeover that re-sends the lapsed slot passes nothing. If its send fails
+    (a release), the first sender may still have sent the slot: found by the fault
+    model, the claim that passes it later reports it unconfirmed, not missed."""
+    claims = claims_on(client, "a", pending_lease=0.2)
+    first = claims.new_attempt()
+    await claims.claim(key, first, [10], TTL_MS)
+    await claims.confirm(key, first, 10, TTL_MS)
+    await claims.claim(key, claims.new_attempt(), [20], TTL_MS)
+    replies = []
+
+    async def taken_over() -> bool:
+        replies.append(await claims_on(client, "b").claim(key, "b#1", [20, 30], TTL_MS))
+        return replies[-1].won
+
+    await eventually(taken_over, timeout=5)
+    assert (replies[-1].verdict, replies[-1].slot, replies[-1].unconfirmed) == (
+        "takeover",
+        20,
+        None,
+    )
+    assert await claims_on(client, "b").release(key, "b#1")  # its send failed
+    rewon = await claims.claim(key, claims.new_attempt(), [40], TTL_MS)
+    assert (rewon.verdict, rewon.slot, rewon.previous, rewon.unconfirmed) == ("won", 40, 19, 20)
+
+
+async def test_a_released_claims_slot_past_the_window_is_missed(client: Redis, key: str) -> None:
+    """A send that failed, with no lapsed claim before it, sent nothing: missed."""
+    claims = claims_on(client, "a")
+    first = claims.new_attempt()
+    await claims.claim(key, first, [10], TTL_MS)
+    await claims.confirm(key, first, 10, TTL_MS)
+    failed = claims.new_attempt()
+    await claims.claim(key, failed, [20], TTL_MS)
+    assert await claims.release(key, failed)
+    later = await claims.claim(key, claims.new_attempt(), [40], TTL_MS)
+    assert (later.verdict, later.slot, later.previous, later.unconfirmed) == ("won", 40, 19, None)
+
+
+async def test_a_lapsed_claim_whose_slot_a_late_confirm_sent_has_none_unconfirmed(
+    client: Redis, key: str
+) -> None:
+    """a claims 20 and stalls; b takes 20 over and dies; a's late confirm moves the
+    cursor to 20. 20 is sent, so the claim that passes b's lapsed claim reports nothing."""
+    claims = claims_on(client, "a", pending_lease=0.2)
+    stalled = claims.new_attempt()
+    await claims.claim(key, stalled, [20], TTL_MS)
+    replies = []
+
+    async def taken_over() -> bool:
+        replies.append(await claims.claim(key, "b#1", [20], TTL_MS))
+        return replies[-1].won
+
+    await eventually(taken_over, timeout=5)
+    assert not await claims.confirm(key, stalled, 20, TTL_MS)  # b holds it: 0, cursor 20
+    replies.clear()
+
+    async def passed() -> bool:
+        replies.append(await claims.claim(key, "c#1", [40], TTL_MS))
+        return replies[-1].won
+
+    await eventually(passed, timeout=5)
+    assert (replies[-1].verdict, replies[-1].previous, replies[-1].unconfirmed) == (
+        "takeover",
+        20,
+        None,
+    )
+
+
 async def test_a_retry_that_finds_its_own_claim_restarts_the_lease(client: Redis, key: str) -> None:
     claims = claims_on(client, "a", pending_lease=30)
     attempt = claims.new_attempt()

@@ -17,6 +17,7 @@ from taskiq import ScheduledTask
 from taskiq_dedup.claims import FiringClaims
 from taskiq_dedup.firing import FiringCoordinator
 from taskiq_dedup.keys import KeySpace
+from taskiq_dedup.ledger import history
 from taskiq_dedup.triggers import Trigger, parse_trigger
 from tests.support.redis_server import RedisServer
 
@@ -162,6 +163,45 @@ async def test_slots_past_the_window_are_reported_missed_with_their_utc_time(
     ]
     assert messages(caplog, logging.ERROR) == expected
     assert coordinator.stats.missed == 7
+
+
+async def test_a_dead_senders_slot_past_the_window_is_unconfirmed_and_the_gap_missed(
+    redis: Redis, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/DESIGN.md, the row "send -> confirm, and the slot leaves every scheduler's
+    candidates": a sender claims 09:01 and dies unconfirmed (perhaps after its kick);
+    nobody claims the schedule until 09:10. 09:01 is reported unconfirmed (WARNING,
+    its own counter and ledger outcome), the unclaimed 09:02-09:07 missed."""
+    dying = coordinator_on(redis, prefix, "a", pending_lease=0.2)
+    later = coordinator_on(redis, prefix, "b")
+    first = await dying.acquire("s1", minutely(), NOW)
+    assert first is not None
+    await dying.confirm(first)
+    dead = await dying.acquire("s1", minutely(), NOW + timedelta(minutes=1))
+    assert dead is not None  # its kick may have happened; it never confirms
+    caplog.set_level(logging.INFO, logger="taskiq_dedup.firing")
+    won = await later.acquire("s1", minutely(), NOW + timedelta(minutes=10))
+    assert won is not None
+    assert (won.slot, won.takeover, won.unconfirmed) == (SLOT + 8 * 60, True, SLOT + 60)
+    assert won.missed == tuple(SLOT + m * 60 for m in range(2, 8))
+    assert (
+        f"Firing {SLOT + 60} (2026-03-10T09:01:00+00:00) of schedule s1 is unconfirmed: "
+        f"its sender {dead.token} claimed it and stopped before confirming, perhaps "
+        "after sending it (the worker guard runs it at most once); too late to send it again"
+    ) in messages(caplog, logging.WARNING)
+    assert [r.slot for r in caplog.records if r.levelno == logging.ERROR] == list(won.missed)  # type: ignore[attr-defined]
+    assert (later.stats.unconfirmed, later.stats.missed) == (1, 6)
+    await later.confirm(won)
+    entries = await history(redis, KeySpace(prefix), "s1")
+    assert [(e.slot, e.outcome, e.taken_over) for e in entries] == [
+        (SLOT, "sent", False),
+        (SLOT + 60, "unconfirmed", False),
+        *((slot, "missed", False) for slot in won.missed),
+        (SLOT + 8 * 60, "sent", True),
+    ]
+    unconfirmed = entries[1]
+    assert unconfirmed.claimed_by == won.token
+    assert (unconfirmed.sent_at, unconfirmed.detected_at is not None) == (None, True)
 
 
 async def test_a_wait_for_a_live_sender_gives_up_after_its_limit(

@@ -209,15 +209,22 @@ class FiringOut(BaseModel):
     slot_time: datetime
     outcome: Outcome = Field(
         description=(
-            "missed: no scheduler sent it; sent: in the queue, no worker took it yet; "
+            "missed: no scheduler sent it; unconfirmed: its sender died after claiming it, "
+            "perhaps after sending it (worker shows whether a worker took it); sent: in the "
+            "queue, no worker took it yet; "
             "skipped_overlap: not run, the schedule's previous run still held its lease"
         ),
     )
     claimed_by: str = Field(
-        description="the scheduler attempt (host:pid#random) that sent it, or found it missed",
+        description=(
+            "the scheduler attempt (host:pid#random) that sent it, or found it missed or "
+            "unconfirmed"
+        ),
     )
     sent_at: datetime | None
-    detected_at: datetime | None = Field(description="when a claim found the slot missed")
+    detected_at: datetime | None = Field(
+        description="when a claim found the slot missed or unconfirmed"
+    )
     taken_over: bool = Field(description="sent by a scheduler that took a lapsed claim over")
     worker: str | None = Field(description="the worker (host:pid) that took it last")
     started_at: datetime | None

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 HELP = (
     "show each schedule's firing ledger, newest first: every slot of its last firings, "
     "who sent it and how late, which worker ran it and how it ended (ran, failed, "
-    "missed, ...), and a claim being sent now"
+    "missed, unconfirmed, ...), and a claim being sent now"
 )
 
 COLUMNS = ["slot", "outcome", "late", "scheduler", "worker", "run for", "dupes dropped"]
@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def lateness(entry: LedgerEntry) -> float | None:
-    """Seconds from the slot to the broker taking it (``sent_at - slot``); None if missed."""
+    """Seconds from the slot to the broker taking it (``sent_at - slot``); None if not sent."""
     if entry.sent_at is None:
         return None
     return round(entry.sent_at.timestamp() - entry.slot, 3)
