@@ -17,6 +17,7 @@ skips past them) at ERROR, naming schedule and slot.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from dataclasses import dataclass
@@ -51,6 +52,12 @@ WAIT_POLL = 0.05
 WAIT_POLL_MAX = 0.5
 """The longest pause between looks at a pending claim."""
 
+MAX_KNOWN_CURSORS = 100_000
+"""Schedules whose last seen cursor this process keeps (``FiringCoordinator``): one
+small int per schedule, far above any real schedule count; past it the memory is
+dropped at once (it is only a shortcut: the next claim of each schedule offers
+its whole window again and learns the cursor back)."""
+
 
 def due_slots(trigger: Trigger | SlotTrigger, now: datetime) -> list[int]:
     """Return the trigger's candidates at ``now`` that are due, the current slot last.
@@ -59,7 +66,22 @@ def due_slots(trigger: Trigger | SlotTrigger, now: datetime) -> list[int]:
     host's clock is offered only when nothing due is left (a tick within the skew).
     """
     ahead = trigger.candidates(now)
-    return [slot for slot in ahead if slot <= epoch_seconds(now)] or ahead[:1]
+    # ascending: everything up to the last slot at or before now is due
+    due = bisect.bisect_right(ahead, epoch_seconds(now))
+    return ahead[:due] or ahead[:1]
+
+
+def after_cursor(candidates: list[int], cursor: int | None) -> list[int]:
+    """Drop the candidates at or before a cursor seen earlier; keep the current slot.
+
+    A cursor only moves forward (a claim moves it to just before the slot it wins,
+    a confirm to the slot), so every slot at or before one seen earlier is sent or
+    given up for good; offering them again changes no claim's outcome. A state lost
+    with its data has no cursor, and its claim takes the current slot, kept last.
+    """
+    if cursor is None:
+        return candidates
+    return candidates[bisect.bisect_right(candidates, cursor) :] or candidates[-1:]
 
 
 @dataclass(frozen=True)
@@ -124,6 +146,11 @@ class FiringCoordinator:
         self.one_off_grace = one_off_grace
         self.wait = wait
         self.stats = FiringStats()
+        self._keys: dict[str, str] = {}
+        """Firing state keys by schedule id, built once (``KeySpace`` hashes odd ids)."""
+        self._cursors: dict[str, int] = {}
+        """The latest cursor seen per firing state key: a claim offers only the slots
+        after it (``after_cursor``), not the whole late window, at every tick."""
         self.histograms = {
             "claim_seconds": Histogram(CLAIM_SECONDS_BUCKETS),
             "lateness_seconds": Histogram(LATENESS_SECONDS_BUCKETS),
@@ -138,6 +165,27 @@ class FiringCoordinator:
         else:
             expiry = trigger.state_expiry(slot)
         return max(MIN_STATE_TTL_MS, (expiry - epoch_seconds(now)) * 1000)
+
+    def key(self, schedule_id: str) -> str:
+        """Return the firing state key of ``schedule_id``."""
+        key = self._keys.get(schedule_id)
+        if key is None:
+            if len(self._keys) >= MAX_KNOWN_CURSORS:
+                self._keys.clear()
+            key = self._keys[schedule_id] = self.keys.firings(schedule_id)
+        return key
+
+    def _saw_cursor(self, key: str, cursor: int | None) -> None:
+        """Remember that the state at ``key`` had sent every slot up to ``cursor``."""
+        if cursor is None or cursor <= 0:
+            return
+        known = self._cursors.get(key)
+        if known is None:
+            if len(self._cursors) >= MAX_KNOWN_CURSORS:
+                self._cursors.clear()
+        elif known >= cursor:
+            return
+        self._cursors[key] = cursor
 
     async def acquire(
         self, schedule_id: str, trigger: Trigger | SlotTrigger, now: datetime
@@ -155,8 +203,9 @@ class FiringCoordinator:
     async def _acquire(
         self, schedule_id: str, trigger: Trigger | SlotTrigger, now: datetime
     ) -> Attempt | None:
-        candidates = due_slots(trigger, now)  # no history: the last, current, is taken
-        key = self.keys.firings(schedule_id)
+        key = self.key(schedule_id)
+        # no history: the last, current, is taken
+        candidates = after_cursor(due_slots(trigger, now), self._cursors.get(key))
         token = self.claims.new_attempt()
         ttl_ms = self.state_ttl_ms(trigger, candidates[-1], now)
         give_up = time.monotonic() + self.wait
@@ -168,8 +217,10 @@ class FiringCoordinator:
                 self.stats.claim_errors += 1
                 raise
             if claim.won:
+                self._saw_cursor(key, claim.slot - 1)
                 break
             if claim.verdict == "sent":
+                self._saw_cursor(key, claim.slot)
                 self.stats.duplicates_cancelled += 1
                 logger.info(
                     "Firing %s of schedule %s was sent by %s; not sending it again",
@@ -253,7 +304,7 @@ class FiringCoordinator:
                 extra=decision(
                     schedule_id=schedule_id,
                     slot=slot,
-                    key=self.keys.firings(schedule_id),
+                    key=self.key(schedule_id),
                     holder=self.claims.holder,
                 ),
             )
@@ -267,14 +318,16 @@ class FiringCoordinator:
         """
         self.stats.confirmed += 1
         self.histograms["lateness_seconds"].observe(max(0.0, time.time() - attempt.slot))
-        if not await self.claims.confirm(
+        confirmed = await self.claims.confirm(
             attempt.key,
             attempt.token,
             attempt.slot,
             attempt.ttl_ms,
             takeover=attempt.takeover,
             missed=attempt.missed,
-        ):
+        )
+        self._saw_cursor(attempt.key, attempt.slot)  # moved forward either way
+        if not confirmed:
             logger.info(
                 "Firing %s of schedule %s was taken over while this send ran; the worker "
                 "guard drops the second copy",

@@ -283,7 +283,7 @@ class CompositeScheduleSource(ScheduleSource):
         """Return the ``extra=`` of a log line about ``entry`` before a slot is won."""
         return decision(
             schedule_id=entry.schedule_id,
-            key=self.keys.firings(entry.schedule_id),
+            key=self.firings.key(entry.schedule_id),
             holder=self.claims.holder,
         )
 

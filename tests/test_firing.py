@@ -203,3 +203,60 @@ async def test_claim_errors_are_counted_and_raised(own_redis: RedisServer, prefi
             with pytest.raises(RedisError):
                 await coordinator.acquire(schedule, minutely(), NOW)
     assert coordinator.stats.claim_errors == 2
+
+
+# ------------------------------------ a claim offers only the slots after the last cursor
+
+
+def every_second() -> Trigger:
+    return parse_trigger(
+        ScheduledTask(task_name="app:job", labels={}, args=[], kwargs={}, interval=1)
+    )
+
+
+async def test_after_a_confirm_a_claim_offers_only_the_slots_after_it(
+    redis: Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 1 s interval's window is ~120 slots: sent at every tick, they cost more than the claim."""
+    coordinator = coordinator_on(redis, prefix, "a")
+    offered: list[list[int]] = []
+    claim = coordinator.claims.claim
+
+    async def spy(
+        key: str, attempt: str, candidates: list[int], ttl_ms: int, **kw: object
+    ) -> object:
+        offered.append(list(candidates))
+        return await claim(key, attempt, candidates, ttl_ms, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(coordinator.claims, "claim", spy)
+    first = await coordinator.acquire("s1", every_second(), NOW)
+    assert first is not None
+    await coordinator.confirm(first)
+    second = await coordinator.acquire("s1", every_second(), NOW + timedelta(seconds=3))
+    assert second is not None
+    assert len(offered[0]) > 100
+    assert offered[1] == [first.slot + 1, first.slot + 2, first.slot + 3]
+    assert second.slot == first.slot + 1  # still the earliest unsent: nothing skipped
+
+
+async def test_a_state_lost_after_the_cursor_was_seen_still_takes_the_current_slot(
+    redis: Redis, prefix: str
+) -> None:
+    coordinator = coordinator_on(redis, prefix, "a")
+    first = await coordinator.acquire("s1", every_second(), NOW)
+    assert first is not None
+    await coordinator.confirm(first)
+    await redis.delete(first.key)  # Redis lost its data
+    later = await coordinator.acquire("s1", every_second(), NOW + timedelta(seconds=5))
+    assert later is not None
+    assert later.slot == first.slot + 5  # no history: the current slot only
+
+
+async def test_a_cursor_seen_sent_elsewhere_is_remembered(redis: Redis, prefix: str) -> None:
+    sender = coordinator_on(redis, prefix, "a")
+    other = coordinator_on(redis, prefix, "b")
+    attempt = await sender.acquire("s1", every_second(), NOW)
+    assert attempt is not None
+    await sender.confirm(attempt)
+    assert await other.acquire("s1", every_second(), NOW) is None
+    assert other._cursors[attempt.key] == attempt.slot
