@@ -1,7 +1,7 @@
 """The claim protocol: which scheduler sends a firing, confirmed once it is queued.
 
 Each schedule has one *firing state* key (a hash, ``KeySpace.firings``) changed
-only by the three scripts below. Its fields:
+only by the four scripts below. Its fields:
 
 - ``sent``: the cursor: every slot at or before it is sent, or was given up as
   missed. A claim moves it to just before the slot it wins; a confirm, to the slot;
@@ -18,8 +18,10 @@ current slot last) and wins the **earliest unsent** one, so a late or drifting
 tick never skips a slot, and a restart never re-sends one. The winner's claim is
 pending under a short lease until ``post_send`` confirms that the broker took the
 message (``CONFIRM_SCRIPT``); a send that fails releases it (``RELEASE_SCRIPT``),
-and one whose process died lapses. Another scheduler that meets a live pending
-claim waits for it, and takes the slot over once it is released or lapsed. A
+and one whose process died lapses. While the send waits its turn in a live process
+(a burst), that process renews the lease (``RENEW_SCRIPT``), for a bounded time.
+Another scheduler that meets a live pending claim waits for it, and takes the slot
+over once it is released or lapsed. A
 takeover whose first sender did kick (and died before confirming) sends a second
 copy, which the worker guard drops: it keys on the same (schedule, slot).
 """
@@ -170,11 +172,29 @@ return 0
 """
 )
 
+RENEW_SCRIPT = """
+-- KEYS[1] = the schedule's firing state
+-- ARGV[1] = the attempt's token
+-- ARGV[2] = pending lease in milliseconds
+-- returns 1 if this attempt still holds its pending claim, whose lease now ends
+-- ARGV[2] ms from now (Redis time); 0 if it does not (confirmed, released, taken
+-- over, or the state was lost): nothing is written then.
+if redis.call('HGET', KEYS[1], 'holder') ~= ARGV[1] then
+  return 0
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'lease_until', string.format('%.0f', now + tonumber(ARGV[2])))
+return 1
+"""
+
 PENDING_LEASE = 5.0
 """Seconds a won claim stays pending before another scheduler may take it over.
 A healthy broker takes a message in milliseconds; a send still running after 5 s
 has most likely hung, and a takeover's second copy is dropped by the worker guard.
-A failed send releases its claim at once, so this bounds only a dead sender."""
+A failed send releases its claim at once, so this bounds only a dead sender. A live
+process renews the leases of its sends still queued behind others (a burst) for a
+bounded time (``firing.MAX_RENEWED``), so a busy sender is not taken over."""
 
 CLAIM_RETRY_WINDOW = 5.0
 """Seconds a claim is retried through Redis errors: a failover or restart usually
@@ -244,6 +264,7 @@ class FiringClaims:
         self._claim = redis.register_script(CLAIM_SCRIPT)
         self._confirm = redis.register_script(CONFIRM_SCRIPT)
         self._release = redis.register_script(RELEASE_SCRIPT)
+        self._renew = redis.register_script(RENEW_SCRIPT)
         self._pipeline = ScriptPipeline(redis, min_replicas=min_replicas)
 
     def new_attempt(self) -> str:
@@ -308,6 +329,10 @@ class FiringClaims:
     async def release(self, key: str, attempt: str, *, missed: Sequence[int] = ()) -> bool:
         """Drop ``attempt``'s pending claim after a failed send (``missed``: as ``confirm``)."""
         return bool(await self._call(self._release, key, [attempt, *missed_for_ledger(missed)]))
+
+    async def renew(self, key: str, attempt: str) -> bool:
+        """Restart ``attempt``'s pending lease; False if it no longer holds its claim."""
+        return bool(await self._call(self._renew, key, [attempt, self.pending_lease_ms]))
 
     async def _call(self, script: AsyncScript, key: str, args: list[object]) -> Any:  # noqa: ANN401 -- a script's reply
         """Run one script, retrying Redis errors until ``retry_window`` has passed.

@@ -10,6 +10,11 @@ any kind (it knows schedules only by id and trigger, not taskiq or APScheduler):
 2. The adapter sends the firing, then calls ``confirm``; a failed send calls
    ``release``, so a waiting scheduler sends at once.
 
+While a won claim is neither confirmed nor released, one renewal loop per
+coordinator restarts its pending lease every third of it, for at most
+``MAX_RENEWED`` seconds: a send that waits its turn behind thousands of others in
+a live process keeps its claim, while a dead process's claims lapse as before.
+
 Slots that fell out of the window unsent are reported once (by the winner that
 skips past them) at ERROR, naming schedule and slot.
 """
@@ -51,6 +56,18 @@ WAIT_POLL = 0.05
 
 WAIT_POLL_MAX = 0.5
 """The longest pause between looks at a pending claim."""
+
+RENEWALS_PER_LEASE = 3
+"""How often per lease the renewal loop restarts each pending lease: the lease
+survives two renewals in a row that come late (a busy event loop, a call queued
+behind a burst's claims) or fail (a Redis blip)."""
+
+MAX_RENEWED = 60.0
+"""Seconds after its claim during which a live process renews a pending claim.
+A send queued behind a burst of 10k firings is in the broker within seconds even
+on a loaded host; one still not there after a minute has hung (a broker that never
+answers, no ``--send-timeout``), and its lease then lapses so that another
+scheduler takes the slot over while it is still within ``LATE_WINDOW`` (2 min)."""
 
 MAX_KNOWN_CURSORS = 100_000
 """Schedules whose last seen cursor this process keeps (``FiringCoordinator``): one
@@ -128,6 +145,8 @@ class FiringStats:
     """Pending claims still live after the longest wait: left to their sender."""
     claim_errors: int = 0
     """Claims that failed on Redis errors after retrying (see the adapter's policy)."""
+    renewals: int = 0
+    """Pending leases restarted by the renewal loop (sends queued behind others)."""
 
 
 class FiringCoordinator:
@@ -151,6 +170,10 @@ class FiringCoordinator:
         self._cursors: dict[str, int] = {}
         """The latest cursor seen per firing state key: a claim offers only the slots
         after it (``after_cursor``), not the whole late window, at every tick."""
+        self._held: dict[str, tuple[Attempt, float]] = {}
+        """Won claims not yet confirmed or released, by token, with when they were won
+        (``time.monotonic``): the renewal loop keeps their leases live."""
+        self._renewer: asyncio.Task[None] | None = None
         self.histograms = {
             "claim_seconds": Histogram(CLAIM_SECONDS_BUCKETS),
             "lateness_seconds": Histogram(LATENESS_SECONDS_BUCKETS),
@@ -265,6 +288,7 @@ class FiringCoordinator:
             takeover=claim.verdict == "takeover",
             missed=missed,
         )
+        self._hold(attempt)
         if attempt.takeover:
             self.stats.takeovers += 1
             logger.warning(
@@ -318,14 +342,17 @@ class FiringCoordinator:
         """
         self.stats.confirmed += 1
         self.histograms["lateness_seconds"].observe(max(0.0, time.time() - attempt.slot))
-        confirmed = await self.claims.confirm(
-            attempt.key,
-            attempt.token,
-            attempt.slot,
-            attempt.ttl_ms,
-            takeover=attempt.takeover,
-            missed=attempt.missed,
-        )
+        try:
+            confirmed = await self.claims.confirm(
+                attempt.key,
+                attempt.token,
+                attempt.slot,
+                attempt.ttl_ms,
+                takeover=attempt.takeover,
+                missed=attempt.missed,
+            )
+        finally:  # renewed until the confirm is decided: its lease must not lapse meanwhile
+            self._held.pop(attempt.token, None)
         self._saw_cursor(attempt.key, attempt.slot)  # moved forward either way
         if not confirmed:
             logger.info(
@@ -339,4 +366,63 @@ class FiringCoordinator:
     async def release(self, attempt: Attempt) -> None:
         """Give up ``attempt`` after its send failed, so another sender takes the slot."""
         self.stats.send_failures += 1
+        self._held.pop(attempt.token, None)  # a failed release lapses on its own
         await self.claims.release(attempt.key, attempt.token, missed=attempt.missed)
+
+    # ------------------------------------------------------------ lease renewal
+
+    def _hold(self, attempt: Attempt) -> None:
+        """Keep ``attempt``'s lease live until it is confirmed or released."""
+        self._held[attempt.token] = (attempt, time.monotonic())
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_held())
+
+    async def _renew_held(self) -> None:
+        """Renew every held claim each third of a lease, in one batch; end when none is held.
+
+        A claim held past ``MAX_RENEWED`` is no longer renewed (its send has hung):
+        it lapses and may be taken over. A claim that is no longer this attempt's
+        (taken over after a late renewal) is dropped. The loop runs in this process
+        only while it runs at all: a dead or frozen process renews nothing.
+        """
+        period = self.claims.pending_lease_ms / 1000 / RENEWALS_PER_LEASE
+        while self._held:
+            await asyncio.sleep(period)
+            limit = time.monotonic() - MAX_RENEWED
+            due = []
+            for token, (attempt, won_at) in list(self._held.items()):
+                if won_at < limit:
+                    del self._held[token]
+                    logger.warning(
+                        "Firing %s of schedule %s is still not in the broker %.0fs after "
+                        "its claim; its lease is no longer renewed, so another scheduler "
+                        "may take it over",
+                        attempt.slot,
+                        attempt.schedule_id,
+                        MAX_RENEWED,
+                        extra=attempt.log_fields(),
+                    )
+                else:
+                    due.append(attempt)
+            if not due:
+                continue
+            replies = await asyncio.gather(
+                *(self.claims.renew(attempt.key, attempt.token) for attempt in due),
+                return_exceptions=True,
+            )
+            for attempt, reply in zip(due, replies, strict=True):
+                if reply is False:  # confirmed or released meanwhile, or taken over
+                    self._held.pop(attempt.token, None)
+                elif isinstance(reply, BaseException):
+                    if not isinstance(reply, Exception):
+                        raise reply
+                    logger.debug("Renewing the lease of %s failed: %s", attempt.key, reply)
+                self.stats.renewals += reply is True
+
+    async def close(self) -> None:
+        """Stop renewing (at shutdown): the claims still held lapse or are released."""
+        self._held.clear()
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+            self._renewer = None

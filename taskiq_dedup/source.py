@@ -333,6 +333,7 @@ class CompositeScheduleSource(ScheduleSource):
             except RedisError:
                 logger.debug("Release at shutdown failed; the pending lease lapses on its own")
         self._sending.clear()
+        await self.firings.close()
         for source in self.sources:
             try:
                 await source.shutdown()

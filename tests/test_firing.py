@@ -6,6 +6,7 @@ moves only the slot arithmetic, so these checks do not depend on today's date.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime, timedelta, timezone
 
@@ -109,6 +110,7 @@ async def test_a_lapsed_sender_is_taken_over_and_its_late_confirm_is_logged(
     for schedule in ("s1", "s2"):
         first = await dying.acquire(schedule, minutely(), NOW)
         assert first is not None
+        await dying.close()  # the process dies: nothing renews its lease
         taken = await other.acquire(schedule, minutely(), NOW)
         assert taken is not None
         assert (taken.takeover, taken.slot) == (True, SLOT)
@@ -260,3 +262,24 @@ async def test_a_cursor_seen_sent_elsewhere_is_remembered(redis: Redis, prefix: 
     await sender.confirm(attempt)
     assert await other.acquire("s1", every_second(), NOW) is None
     assert other._cursors[attempt.key] == attempt.slot
+
+
+async def test_the_renewal_loop_holds_only_unconfirmed_claims_and_ends_with_them(
+    redis: Redis, prefix: str
+) -> None:
+    coordinator = coordinator_on(redis, prefix, "a", pending_lease=0.3)
+    kept = await coordinator.acquire("s1", minutely(), NOW)
+    released = await coordinator.acquire("s2", minutely(), NOW)
+    assert kept is not None
+    assert released is not None
+    await coordinator.release(released)
+    await asyncio.sleep(0.5)  # past the lease: renewed meanwhile
+    other = coordinator_on(redis, prefix, "b")
+    other.wait = 0.01
+    assert await other.acquire("s1", minutely(), NOW) is None  # still pending: live
+    await coordinator.confirm(kept)
+    assert coordinator._held == {}
+    await asyncio.sleep(0.2)  # the loop's next round finds nothing and ends
+    assert coordinator._renewer is not None
+    assert coordinator._renewer.done()
+    assert coordinator.stats.renewals >= 1

@@ -102,6 +102,9 @@ class Protocol(RuleBasedStateMachine):
         async def dying() -> None:
             (task,) = await source.get_schedules()
             await source.pre_send(task)
+            # the process is gone, and with it the loop renewing this claim's lease
+            _, attempt, _ = source._sending[task.schedule_id]
+            source.firings._held.pop(attempt.token, None)
             if after_send:
                 message = TaskiqMessage(
                     task_id=task.task_id or "",
