@@ -59,29 +59,34 @@ CLAIM_SCRIPT = """
 -- ARGV[4] = the slot to take when the state has no history (the current slot),
 --           or '' to take none (a catch-up: nothing was ever sent to catch up on)
 -- ARGV[5..n] = candidate slots, ascending
--- returns {verdict, slot, sent before, other holder, lease left in ms}:
+-- returns "verdict slot sent-before lease-left-ms other-holder", one string
+-- (one reply element parses far faster than five; the holder, last, may hold
+-- spaces; sent-before is empty when there is none):
 --   'won'      this attempt now holds slot, pending (also a retry of a claim
 --              whose reply was lost)
 --   'takeover' as 'won', after the other holder's pending lease had lapsed
 --   'pending'  the other holder is sending slot under a live lease
 --   'sent'     every candidate is sent already (slot = the cursor; 0 when the
 --              state has no history and ARGV[4] is '')
+local function reply(verdict, slot, before, holder, left)
+  return table.concat({verdict, slot, before, string.format('%d', left), holder}, ' ')
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local h = redis.call('HMGET', KEYS[1], 'sent', 'slot', 'holder', 'lease_until', 'sent_by', 'from')
 local sent, holder = h[1], h[3]
 if holder == ARGV[1] then  -- a retry whose first reply was lost: the lease starts now
   redis.call('HSET', KEYS[1], 'lease_until', string.format('%.0f', now + tonumber(ARGV[2])))
-  return {'won', h[2], h[6] or '', '', 0}
+  return reply('won', h[2], h[6] or '', '', 0)
 end
 if holder and tonumber(h[4]) > now then
-  return {'pending', h[2], sent or '', holder, tonumber(h[4]) - now}
+  return reply('pending', h[2], sent or '', holder, tonumber(h[4]) - now)
 end
 local after = sent
 local pick = false
 if not after then
   if ARGV[4] == '' then
-    return {'sent', '0', '', '', 0}
+    return reply('sent', '0', '', '', 0)
   end
   pick = ARGV[4]  -- no history (new schedule, or data lost): the current slot only
 else
@@ -93,7 +98,7 @@ else
   end
 end
 if not pick then
-  return {'sent', after, after, h[5] or '', 0}
+  return reply('sent', after, after, h[5] or '', 0)
 end
 -- The cursor moves to just before the slot won: every earlier slot is sent or is
 -- reported missed by this claim's winner (the cursor it moved from is kept in
@@ -107,9 +112,9 @@ if ttl < tonumber(ARGV[3]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
 if holder then
-  return {'takeover', pick, after or '', holder, 0}
+  return reply('takeover', pick, after or '', holder, 0)
 end
-return {'won', pick, after or '', '', 0}
+return reply('won', pick, after or '', '', 0)
 """
 
 CONFIRM_SCRIPT = (
@@ -300,7 +305,7 @@ class FiringClaims:
                 *candidates,
             ],
         )
-        verdict, slot, previous, holder, left = (_text(part) for part in reply)
+        verdict, slot, previous, left, holder = _text(reply).split(" ", 4)
         return Claim(
             verdict=cast("Verdict", verdict),
             slot=int(slot),
