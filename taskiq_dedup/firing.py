@@ -25,11 +25,12 @@ import asyncio
 import bisect
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-from taskiq_dedup.claims import PENDING_LEASE, FiringClaims
+from taskiq_dedup.claims import PENDING_LEASE, Claim, FiringClaims
 from taskiq_dedup.histograms import CLAIM_SECONDS_BUCKETS, LATENESS_SECONDS_BUCKETS, Histogram
 from taskiq_dedup.log_fields import decision
 from taskiq_dedup.triggers import OneOffTrigger, SlotTrigger, Trigger, epoch_seconds
@@ -57,6 +58,14 @@ WAIT_POLL = 0.05
 WAIT_POLL_MAX = 0.5
 """The longest pause between looks at a pending claim."""
 
+MAX_WAIT_POLLS_PER_SECOND = 2000
+"""Looks at other senders' pending claims one process makes per second at most, its
+waits all together. A look costs ~0.05 ms of this process's CPU: with a few waits
+each looks as ``WAIT_POLL`` says, but in a burst (thousands of firings waiting for
+another scheduler's sends) polling would starve this process's own sends. With N
+waits each looks every N / 2000 s (a release or a lapse is noticed that much later;
+both still are), so polling takes at most ~10 % of a core."""
+
 RENEWALS_PER_LEASE = 3
 """How often per lease the renewal loop restarts each pending lease: the lease
 survives two renewals in a row that come late (a busy event loop, a call queued
@@ -68,6 +77,14 @@ A send queued behind a burst of 10k firings is in the broker within seconds even
 on a loaded host; one still not there after a minute has hung (a broker that never
 answers, no ``--send-timeout``), and its lease then lapses so that another
 scheduler takes the slot over while it is still within ``LATE_WINDOW`` (2 min)."""
+
+MAX_CLAIMS_IN_FLIGHT = 1000
+"""Claim calls one coordinator has made and not yet had answered, at most; more
+wait their turn before the call is made. A call's deadline (``claim_retry_window``)
+runs from when it is made, the wait behind earlier calls included, so 10k claims
+made at once by a burst would spend it queued behind one another (and behind the
+process's own sends) and fail with Redis healthy. 1000 is one pipelined round trip
+(``pipelining.MAX_BATCH``): the next batch is queued while one is on the wire."""
 
 MAX_KNOWN_CURSORS = 100_000
 """Schedules whose last seen cursor this process keeps (``FiringCoordinator``): one
@@ -88,6 +105,16 @@ def due_slots(trigger: Trigger | SlotTrigger, now: datetime) -> list[int]:
     return ahead[:due] or ahead[:1]
 
 
+def _renewed(seen: tuple[str, float, float], holder: str, lease_left: float, now: float) -> bool:
+    """Whether the lease of ``holder`` was restarted since the look ``seen``.
+
+    Without a renewal the lease left shrinks by the time passed; a renewal (or a
+    reply that queued longer than the last one) shows more left than that.
+    """
+    last_holder, last_left, last_at = seen
+    return holder == last_holder and lease_left > last_left - (now - last_at) + WAIT_POLL
+
+
 def after_cursor(candidates: list[int], cursor: int | None) -> list[int]:
     """Drop the candidates at or before a cursor seen earlier; keep the current slot.
 
@@ -99,6 +126,42 @@ def after_cursor(candidates: list[int], cursor: int | None) -> list[int]:
     if cursor is None:
         return candidates
     return candidates[bisect.bisect_right(candidates, cursor) :] or candidates[-1:]
+
+
+class _Turns:
+    """At most ``limit`` holders at once, the others served first come, first served.
+
+    ``asyncio.Semaphore`` looks through every waiter at each release (Python 3.11),
+    which with thousands waiting costs more than the claims themselves.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._free = limit
+        self._queue: deque[asyncio.Future[None]] = deque()
+
+    async def __aenter__(self) -> None:
+        if self._free > 0 and not self._queue:
+            self._free -= 1
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self._queue.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():  # handed a turn, then cancelled
+                self._pass_on()
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._pass_on()
+
+    def _pass_on(self) -> None:
+        while self._queue:
+            turn = self._queue.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._free += 1
 
 
 @dataclass(frozen=True)
@@ -174,6 +237,9 @@ class FiringCoordinator:
         """Won claims not yet confirmed or released, by token, with when they were won
         (``time.monotonic``): the renewal loop keeps their leases live."""
         self._renewer: asyncio.Task[None] | None = None
+        self._waiting = 0
+        self._in_flight = _Turns(MAX_CLAIMS_IN_FLIGHT)
+        """Acquires of this coordinator now waiting for another sender's pending claim."""
         self.histograms = {
             "claim_seconds": Histogram(CLAIM_SECONDS_BUCKETS),
             "lateness_seconds": Histogram(LATENESS_SECONDS_BUCKETS),
@@ -231,47 +297,9 @@ class FiringCoordinator:
         candidates = after_cursor(due_slots(trigger, now), self._cursors.get(key))
         token = self.claims.new_attempt()
         ttl_ms = self.state_ttl_ms(trigger, candidates[-1], now)
-        give_up = time.monotonic() + self.wait
-        poll = WAIT_POLL
-        while True:
-            try:
-                claim = await self.claims.claim(key, token, candidates, ttl_ms)
-            except Exception:
-                self.stats.claim_errors += 1
-                raise
-            if claim.won:
-                self._saw_cursor(key, claim.slot - 1)
-                break
-            if claim.verdict == "sent":
-                self._saw_cursor(key, claim.slot)
-                self.stats.duplicates_cancelled += 1
-                logger.info(
-                    "Firing %s of schedule %s was sent by %s; not sending it again",
-                    claim.slot,
-                    schedule_id,
-                    claim.holder,
-                    extra=decision(
-                        schedule_id=schedule_id, slot=claim.slot, key=key, holder=claim.holder
-                    ),
-                )
-                return None
-            pause = min(poll, claim.lease_left + 0.01)
-            if time.monotonic() + pause > give_up:
-                self.stats.waits_given_up += 1
-                logger.warning(
-                    "Firing %s of schedule %s is still being sent by %s after %.1fs; "
-                    "leaving it to that sender (a later tick takes it over if it died)",
-                    claim.slot,
-                    schedule_id,
-                    claim.holder,
-                    self.wait,
-                    extra=decision(
-                        schedule_id=schedule_id, slot=claim.slot, key=key, holder=claim.holder
-                    ),
-                )
-                return None
-            await asyncio.sleep(pause)
-            poll = min(poll * 2, WAIT_POLL_MAX)
+        claim = await self._win(schedule_id, key, token, candidates, ttl_ms)
+        if claim is None:
+            return None
         self.stats.claimed += 1
         missed = (
             ()
@@ -314,6 +342,76 @@ class FiringCoordinator:
             )
         self._report_missed(schedule_id, missed)
         return attempt
+
+    async def _win(
+        self, schedule_id: str, key: str, token: str, candidates: list[int], ttl_ms: int
+    ) -> Claim | None:
+        """Claim, waiting out another sender's pending claim; ``None`` if it is not ours."""
+        started = time.monotonic()
+        give_up = started + self.wait
+        poll = WAIT_POLL
+        seen: tuple[str, float, float] | None = None  # holder, lease left, when: the last look
+        waiting = False
+        try:
+            while True:
+                try:
+                    async with self._in_flight:
+                        claim = await self.claims.claim(key, token, candidates, ttl_ms)
+                except Exception:
+                    self.stats.claim_errors += 1
+                    raise
+                if claim.won:
+                    self._saw_cursor(key, claim.slot - 1)
+                    return claim
+                if claim.verdict == "sent":
+                    self._saw_cursor(key, claim.slot)
+                    self.stats.duplicates_cancelled += 1
+                    logger.info(
+                        "Firing %s of schedule %s was sent by %s; not sending it again",
+                        claim.slot,
+                        schedule_id,
+                        claim.holder,
+                        extra=decision(
+                            schedule_id=schedule_id, slot=claim.slot, key=key, holder=claim.holder
+                        ),
+                    )
+                    return None
+                looked = time.monotonic()
+                if seen is not None and _renewed(seen, claim.holder, claim.lease_left, looked):
+                    # A live holder renewing a queued send: wait for it while it may
+                    # renew; if it stops, its lease lapses first and is taken over.
+                    give_up = max(
+                        give_up,
+                        min(looked + claim.lease_left + WAIT_MARGIN, started + MAX_RENEWED),
+                    )
+                seen = (claim.holder, claim.lease_left, looked)
+                if looked >= give_up:
+                    self._gave_up(schedule_id, key, claim, give_up - started)
+                    return None
+                if not waiting:
+                    waiting = True
+                    self._waiting += 1
+                pause = max(
+                    min(poll, claim.lease_left + 0.01),
+                    self._waiting / MAX_WAIT_POLLS_PER_SECOND,
+                )
+                await asyncio.sleep(min(pause, give_up - looked))
+                poll = min(poll * 2, WAIT_POLL_MAX)
+        finally:
+            if waiting:
+                self._waiting -= 1
+
+    def _gave_up(self, schedule_id: str, key: str, claim: Claim, waited: float) -> None:
+        self.stats.waits_given_up += 1
+        logger.warning(
+            "Firing %s of schedule %s is still being sent by %s after %.1fs; "
+            "leaving it to that sender (a later tick takes it over if it died)",
+            claim.slot,
+            schedule_id,
+            claim.holder,
+            waited,
+            extra=decision(schedule_id=schedule_id, slot=claim.slot, key=key, holder=claim.holder),
+        )
 
     def _report_missed(self, schedule_id: str, missed: tuple[int, ...]) -> None:
         """Log, once across schedulers, the slots between the cursor and the one won."""

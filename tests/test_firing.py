@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from taskiq import ScheduledTask
 
 from taskiq_dedup.claims import FiringClaims
-from taskiq_dedup.firing import FiringCoordinator
+from taskiq_dedup.firing import FiringCoordinator, _Turns
 from taskiq_dedup.keys import KeySpace
 from taskiq_dedup.triggers import Trigger, parse_trigger
 from tests.support.redis_server import RedisServer
@@ -274,12 +274,104 @@ async def test_the_renewal_loop_holds_only_unconfirmed_claims_and_ends_with_them
     assert released is not None
     await coordinator.release(released)
     await asyncio.sleep(0.5)  # past the lease: renewed meanwhile
-    other = coordinator_on(redis, prefix, "b")
-    other.wait = 0.01
-    assert await other.acquire("s1", minutely(), NOW) is None  # still pending: live
+    other = FiringClaims(redis, "b")
+    assert (await other.claim(kept.key, "b#1", [kept.slot], DAY_MS)).verdict == "pending"
     await coordinator.confirm(kept)
     assert coordinator._held == {}
     await asyncio.sleep(0.2)  # the loop's next round finds nothing and ends
     assert coordinator._renewer is not None
     assert coordinator._renewer.done()
     assert coordinator.stats.renewals >= 1
+
+
+async def test_a_waiter_keeps_waiting_for_a_renewing_holder_past_its_own_limit(
+    redis: Redis, prefix: str
+) -> None:
+    holder = coordinator_on(redis, prefix, "a", pending_lease=0.3)
+    waiter = coordinator_on(redis, prefix, "b")
+    waiter.wait = 0.2  # for a holder that does not renew
+    attempt = await holder.acquire("s1", minutely(), NOW)
+    assert attempt is not None
+
+    async def confirm_late() -> None:
+        await asyncio.sleep(1.0)  # a send queued behind others: renewed meanwhile
+        await holder.confirm(attempt)
+
+    confirming = asyncio.create_task(confirm_late())
+    assert await waiter.acquire("s1", minutely(), NOW) is None
+    await confirming
+    assert (waiter.stats.duplicates_cancelled, waiter.stats.waits_given_up) == (1, 0)
+    assert waiter.stats.takeovers == 0
+
+
+async def test_many_waits_together_look_no_more_often_than_the_process_rate(
+    redis: Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("taskiq_dedup.firing.MAX_WAIT_POLLS_PER_SECOND", 10)
+    holder = coordinator_on(redis, prefix, "a")  # a 30 s lease, renewed every 10 s
+    waiter = coordinator_on(redis, prefix, "b")
+    waiter.wait = 1.0
+    for n in range(5):
+        assert await holder.acquire(f"s{n}", minutely(), NOW) is not None
+    calls = 0
+    claim = waiter.claims.claim
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        return await claim(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(waiter.claims, "claim", counted)
+    waits = [waiter.acquire(f"s{n}", minutely(), NOW) for n in range(5)]
+    assert await asyncio.gather(*waits) == [None] * 5
+    # 5 first looks, at most 10 a second for the 1 s wait, 5 last looks at its end;
+    # uncapped, each would look at 0, 0.05, 0.15, 0.35, 0.75 and 1 s: 30
+    assert calls <= 5 + 10 + 5
+    assert waiter.stats.waits_given_up == 5
+    await holder.close()
+
+
+async def test_turns_serve_waiters_in_order_and_pass_on_a_cancelled_turn() -> None:
+    turns = _Turns(1)
+    order: list[int] = []
+
+    async def use(n: int, hold: float) -> None:
+        async with turns:
+            order.append(n)
+            await asyncio.sleep(hold)
+
+    first = asyncio.create_task(use(0, 0.05))
+    await asyncio.sleep(0)
+    cancelled = asyncio.create_task(use(1, 0))
+    later = [asyncio.create_task(use(n, 0)) for n in (2, 3)]
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.gather(first, *later)
+    assert order == [0, 2, 3]
+    async with turns:  # every turn was given back
+        pass
+
+
+async def test_a_burst_has_at_most_its_limit_of_claims_in_flight(
+    redis: Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claims beyond the limit wait before their call, so no deadline runs out queued."""
+    monkeypatch.setattr("taskiq_dedup.firing.MAX_CLAIMS_IN_FLIGHT", 5)
+    coordinator = coordinator_on(redis, prefix, "a", retry_window=0)
+    in_flight = most = 0
+    claim = coordinator.claims.claim
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        try:
+            return await claim(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            in_flight -= 1
+
+    monkeypatch.setattr(coordinator.claims, "claim", counted)
+    won = await asyncio.gather(*(coordinator.acquire(f"s{n}", minutely(), NOW) for n in range(50)))
+    assert all(attempt is not None for attempt in won)
+    assert most == 5
+    await coordinator.close()
