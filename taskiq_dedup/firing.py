@@ -6,7 +6,8 @@ any kind (it knows schedules only by id and trigger, not taskiq or APScheduler):
 1. ``acquire`` offers the trigger's candidate slots and gets the earliest unsent
    one, pending under this attempt's lease. Another sender's live pending claim is
    waited for - it confirms (nothing to do), releases after a failed send, or lapses
-   (its process died) and is taken over - for at most ``wait`` seconds.
+   (its process died) and is taken over - for at most ``wait`` seconds, or while
+   it sees the holder renew its lease (up to ``MAX_RENEWED`` more).
 2. The adapter sends the firing, then calls ``confirm``; a failed send calls
    ``release``, so a waiting scheduler sends at once.
 
@@ -382,7 +383,10 @@ class FiringCoordinator:
                     # renew; if it stops, its lease lapses first and is taken over.
                     give_up = max(
                         give_up,
-                        min(looked + claim.lease_left + WAIT_MARGIN, started + MAX_RENEWED),
+                        min(
+                            looked + claim.lease_left + WAIT_MARGIN,
+                            started + MAX_RENEWED + self.wait,  # there when it stops renewing
+                        ),
                     )
                 seen = (claim.holder, claim.lease_left, looked)
                 if looked >= give_up:
