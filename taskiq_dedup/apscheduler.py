@@ -442,6 +442,7 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
         with self._running_lock:
             self._running.clear()
         await self._instances.close()  # releases every job lease, stops the heartbeat
+        await self.firings.close()  # stops renewing: the cancelled decisions release below
         current = asyncio.current_task()
         others = [task for task in asyncio.all_tasks() if task is not current]
         await asyncio.gather(*others, return_exceptions=True)  # the cancelled decisions

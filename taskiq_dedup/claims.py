@@ -1,7 +1,7 @@
 """The claim protocol: which scheduler sends a firing, confirmed once it is queued.
 
 Each schedule has one *firing state* key (a hash, ``KeySpace.firings``) changed
-only by the three scripts below. Its fields:
+only by the four scripts below. Its fields:
 
 - ``sent``: the cursor: every slot at or before it is sent, or was given up as
   missed. A claim moves it to just before the slot it wins; a confirm, to the slot;
@@ -23,8 +23,10 @@ current slot last) and wins the **earliest unsent** one, so a late or drifting
 tick never skips a slot, and a restart never re-sends one. The winner's claim is
 pending under a short lease until ``post_send`` confirms that the broker took the
 message (``CONFIRM_SCRIPT``); a send that fails releases it (``RELEASE_SCRIPT``),
-and one whose process died lapses. Another scheduler that meets a live pending
-claim waits for it, and takes the slot over once it is released or lapsed. A
+and one whose process died lapses. While the send waits its turn in a live process
+(a burst), that process renews the lease (``RENEW_SCRIPT``), for a bounded time.
+Another scheduler that meets a live pending claim waits for it, and takes the slot
+over once it is released or lapsed. A
 takeover whose first sender did kick (and died before confirming) sends a second
 copy, which the worker guard drops: it keys on the same (schedule, slot).
 """
@@ -62,7 +64,9 @@ CLAIM_SCRIPT = """
 -- ARGV[4] = the slot to take when the state has no history (the current slot),
 --           or '' to take none (a catch-up: nothing was ever sent to catch up on)
 -- ARGV[5..n] = candidate slots, ascending
--- returns {verdict, slot, sent before, other holder, lease left in ms, unconfirmed}:
+-- returns "verdict slot sent-before lease-left-ms unconfirmed other-holder", one
+-- string (one reply element parses far faster than six; the holder, last, may hold
+-- spaces; sent-before and unconfirmed are empty when there is none):
 --   'won'      this attempt now holds slot, pending (also a retry of a claim
 --              whose reply was lost)
 --   'takeover' as 'won', after the other holder's pending lease had lapsed
@@ -73,6 +77,10 @@ CLAIM_SCRIPT = """
 --   the candidates), that slot: after 'sent before', before slot, and perhaps sent
 --   by the lapsed sender, which died after its kick or before it. The lapsed claim
 --   is the holder's, or one a released claim had taken over ('lapsed').
+local function reply(verdict, slot, before, holder, left, unconfirmed)
+  return table.concat(
+    {verdict, slot, before, string.format('%d', left), unconfirmed, holder}, ' ')
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local h = redis.call('HMGET', KEYS[1], 'sent', 'slot', 'holder', 'lease_until', 'sent_by', 'from',
@@ -80,16 +88,16 @@ local h = redis.call('HMGET', KEYS[1], 'sent', 'slot', 'holder', 'lease_until', 
 local sent, holder = h[1], h[3]
 if holder == ARGV[1] then  -- a retry whose first reply was lost: the lease starts now
   redis.call('HSET', KEYS[1], 'lease_until', string.format('%.0f', now + tonumber(ARGV[2])))
-  return {'won', h[2], h[6] or '', '', 0, h[7] or ''}
+  return reply('won', h[2], h[6] or '', '', 0, h[7] or '')
 end
 if holder and tonumber(h[4]) > now then
-  return {'pending', h[2], sent or '', holder, tonumber(h[4]) - now, ''}
+  return reply('pending', h[2], sent or '', holder, tonumber(h[4]) - now, '')
 end
 local after = sent
 local pick = false
 if not after then
   if ARGV[4] == '' then
-    return {'sent', '0', '', '', 0, ''}
+    return reply('sent', '0', '', '', 0, '')
   end
   pick = ARGV[4]  -- no history (new schedule, or data lost): the current slot only
 else
@@ -101,7 +109,7 @@ else
   end
 end
 if not pick then
-  return {'sent', after, after, h[5] or '', 0, ''}
+  return reply('sent', after, after, h[5] or '', 0, '')
 end
 -- A lapsed claim's slot that this claim passes is not missed: its sender may have
 -- kicked it before dying. (Its own missed slots were reported when it claimed.)
@@ -132,9 +140,9 @@ if ttl < tonumber(ARGV[3]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
 if holder then
-  return {'takeover', pick, after or '', holder, 0, unconfirmed}
+  return reply('takeover', pick, after or '', holder, 0, unconfirmed)
 end
-return {'won', pick, after or '', '', 0, unconfirmed}
+return reply('won', pick, after or '', '', 0, unconfirmed)
 """
 
 CONFIRM_SCRIPT = (
@@ -199,11 +207,29 @@ return 0
 """
 )
 
+RENEW_SCRIPT = """
+-- KEYS[1] = the schedule's firing state
+-- ARGV[1] = the attempt's token
+-- ARGV[2] = pending lease in milliseconds
+-- returns 1 if this attempt still holds its pending claim, whose lease now ends
+-- ARGV[2] ms from now (Redis time); 0 if it does not (confirmed, released, taken
+-- over, or the state was lost): nothing is written then.
+if redis.call('HGET', KEYS[1], 'holder') ~= ARGV[1] then
+  return 0
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'lease_until', string.format('%.0f', now + tonumber(ARGV[2])))
+return 1
+"""
+
 PENDING_LEASE = 5.0
 """Seconds a won claim stays pending before another scheduler may take it over.
 A healthy broker takes a message in milliseconds; a send still running after 5 s
 has most likely hung, and a takeover's second copy is dropped by the worker guard.
-A failed send releases its claim at once, so this bounds only a dead sender."""
+A failed send releases its claim at once, so this bounds only a dead sender. A live
+process renews the leases of its sends still queued behind others (a burst) for a
+bounded time (``firing.MAX_RENEWED``), so a busy sender is not taken over."""
 
 CLAIM_RETRY_WINDOW = 5.0
 """Seconds a claim is retried through Redis errors: a failover or restart usually
@@ -276,6 +302,7 @@ class FiringClaims:
         self._claim = redis.register_script(CLAIM_SCRIPT)
         self._confirm = redis.register_script(CONFIRM_SCRIPT)
         self._release = redis.register_script(RELEASE_SCRIPT)
+        self._renew = redis.register_script(RENEW_SCRIPT)
         self._pipeline = ScriptPipeline(redis, min_replicas=min_replicas)
 
     def new_attempt(self) -> str:
@@ -311,7 +338,7 @@ class FiringClaims:
                 *candidates,
             ],
         )
-        verdict, slot, previous, holder, left, unconfirmed = (_text(part) for part in reply)
+        verdict, slot, previous, left, unconfirmed, holder = _text(reply).split(" ", 5)
         return Claim(
             verdict=cast("Verdict", verdict),
             slot=int(slot),
@@ -351,6 +378,10 @@ class FiringClaims:
         """Drop ``attempt``'s pending claim after a failed send (the rest: as ``confirm``)."""
         args: list[object] = [attempt, unconfirmed or "", *missed_for_ledger(missed)]
         return bool(await self._call(self._release, key, args))
+
+    async def renew(self, key: str, attempt: str) -> bool:
+        """Restart ``attempt``'s pending lease; False if it no longer holds its claim."""
+        return bool(await self._call(self._renew, key, [attempt, self.pending_lease_ms]))
 
     async def _call(self, script: AsyncScript, key: str, args: list[object]) -> Any:  # noqa: ANN401 -- a script's reply
         """Run one script, retrying Redis errors until ``retry_window`` has passed.

@@ -6,9 +6,15 @@ any kind (it knows schedules only by id and trigger, not taskiq or APScheduler):
 1. ``acquire`` offers the trigger's candidate slots and gets the earliest unsent
    one, pending under this attempt's lease. Another sender's live pending claim is
    waited for - it confirms (nothing to do), releases after a failed send, or lapses
-   (its process died) and is taken over - for at most ``wait`` seconds.
+   (its process died) and is taken over - for at most ``wait`` seconds, or while
+   it sees the holder renew its lease (up to ``MAX_RENEWED`` more).
 2. The adapter sends the firing, then calls ``confirm``; a failed send calls
    ``release``, so a waiting scheduler sends at once.
+
+While a won claim is neither confirmed nor released, one renewal loop per
+coordinator restarts its pending lease every third of it, for at most
+``MAX_RENEWED`` seconds: a send that waits its turn behind thousands of others in
+a live process keeps its claim, while a dead process's claims lapse as before.
 
 Slots that fell out of the window unsent are reported once (by the winner that
 skips past them) at ERROR, naming schedule and slot. The one exception is a lapsed
@@ -19,13 +25,15 @@ it is reported *unconfirmed*, at WARNING.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-from taskiq_dedup.claims import PENDING_LEASE, FiringClaims
+from taskiq_dedup.claims import PENDING_LEASE, Claim, FiringClaims
 from taskiq_dedup.histograms import CLAIM_SECONDS_BUCKETS, LATENESS_SECONDS_BUCKETS, Histogram
 from taskiq_dedup.log_fields import decision
 from taskiq_dedup.triggers import OneOffTrigger, SlotTrigger, Trigger, epoch_seconds
@@ -53,6 +61,40 @@ WAIT_POLL = 0.05
 WAIT_POLL_MAX = 0.5
 """The longest pause between looks at a pending claim."""
 
+MAX_WAIT_POLLS_PER_SECOND = 2000
+"""Looks at other senders' pending claims one process makes per second at most, its
+waits all together. A look costs ~0.05 ms of this process's CPU: with a few waits
+each looks as ``WAIT_POLL`` says, but in a burst (thousands of firings waiting for
+another scheduler's sends) polling would starve this process's own sends. With N
+waits each looks every N / 2000 s (a release or a lapse is noticed that much later;
+both still are), so polling takes at most ~10 % of a core."""
+
+RENEWALS_PER_LEASE = 3
+"""How often per lease the renewal loop restarts each pending lease: the lease
+survives two renewals in a row that come late (a busy event loop, a call queued
+behind a burst's claims) or fail (a Redis blip)."""
+
+MAX_RENEWED = 60.0
+"""Seconds after its claim during which a live process renews a pending claim.
+A send queued behind a burst of 10k firings is in the broker within seconds even
+on a loaded host; one still not there after a minute has hung (a broker that never
+answers, no ``--send-timeout``), and its lease then lapses so that another
+scheduler takes the slot over while it is still within ``LATE_WINDOW`` (2 min)."""
+
+MAX_CLAIMS_IN_FLIGHT = 1000
+"""Claim calls one coordinator has made and not yet had answered, at most; more
+wait their turn before the call is made. A call's deadline (``claim_retry_window``)
+runs from when it is made, the wait behind earlier calls included, so 10k claims
+made at once by a burst would spend it queued behind one another (and behind the
+process's own sends) and fail with Redis healthy. 1000 is one pipelined round trip
+(``pipelining.MAX_BATCH``): the next batch is queued while one is on the wire."""
+
+MAX_KNOWN_CURSORS = 100_000
+"""Schedules whose last seen cursor this process keeps (``FiringCoordinator``): one
+small int per schedule, far above any real schedule count; past it the memory is
+dropped at once (it is only a shortcut: the next claim of each schedule offers
+its whole window again and learns the cursor back)."""
+
 
 def due_slots(trigger: Trigger | SlotTrigger, now: datetime) -> list[int]:
     """Return the trigger's candidates at ``now`` that are due, the current slot last.
@@ -61,7 +103,68 @@ def due_slots(trigger: Trigger | SlotTrigger, now: datetime) -> list[int]:
     host's clock is offered only when nothing due is left (a tick within the skew).
     """
     ahead = trigger.candidates(now)
-    return [slot for slot in ahead if slot <= epoch_seconds(now)] or ahead[:1]
+    # ascending: everything up to the last slot at or before now is due
+    due = bisect.bisect_right(ahead, epoch_seconds(now))
+    return ahead[:due] or ahead[:1]
+
+
+def _renewed(seen: tuple[str, float, float], holder: str, lease_left: float, now: float) -> bool:
+    """Whether the lease of ``holder`` was restarted since the look ``seen``.
+
+    Without a renewal the lease left shrinks by the time passed; a renewal (or a
+    reply that queued longer than the last one) shows more left than that.
+    """
+    last_holder, last_left, last_at = seen
+    return holder == last_holder and lease_left > last_left - (now - last_at) + WAIT_POLL
+
+
+def after_cursor(candidates: list[int], cursor: int | None) -> list[int]:
+    """Drop the candidates at or before a cursor seen earlier; keep the current slot.
+
+    A cursor only moves forward (a claim moves it to just before the slot it wins,
+    a confirm to the slot), so every slot at or before one seen earlier is sent or
+    given up for good; offering them again changes no claim's outcome. A state lost
+    with its data has no cursor, and its claim takes the current slot, kept last.
+    """
+    if cursor is None:
+        return candidates
+    return candidates[bisect.bisect_right(candidates, cursor) :] or candidates[-1:]
+
+
+class _Turns:
+    """At most ``limit`` holders at once, the others served first come, first served.
+
+    ``asyncio.Semaphore`` looks through every waiter at each release (Python 3.11),
+    which with thousands waiting costs more than the claims themselves.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._free = limit
+        self._queue: deque[asyncio.Future[None]] = deque()
+
+    async def __aenter__(self) -> None:
+        if self._free > 0 and not self._queue:
+            self._free -= 1
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self._queue.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():  # handed a turn, then cancelled
+                self._pass_on()
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._pass_on()
+
+    def _pass_on(self) -> None:
+        while self._queue:
+            turn = self._queue.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._free += 1
 
 
 @dataclass(frozen=True)
@@ -113,6 +216,8 @@ class FiringStats:
     """Pending claims still live after the longest wait: left to their sender."""
     claim_errors: int = 0
     """Claims that failed on Redis errors after retrying (see the adapter's policy)."""
+    renewals: int = 0
+    """Pending leases restarted by the renewal loop (sends queued behind others)."""
 
 
 class FiringCoordinator:
@@ -131,6 +236,18 @@ class FiringCoordinator:
         self.one_off_grace = one_off_grace
         self.wait = wait
         self.stats = FiringStats()
+        self._keys: dict[str, str] = {}
+        """Firing state keys by schedule id, built once (``KeySpace`` hashes odd ids)."""
+        self._cursors: dict[str, int] = {}
+        """The latest cursor seen per firing state key: a claim offers only the slots
+        after it (``after_cursor``), not the whole late window, at every tick."""
+        self._held: dict[str, tuple[Attempt, float]] = {}
+        """Won claims not yet confirmed or released, by token, with when they were won
+        (``time.monotonic``): the renewal loop keeps their leases live."""
+        self._renewer: asyncio.Task[None] | None = None
+        self._waiting = 0
+        self._in_flight = _Turns(MAX_CLAIMS_IN_FLIGHT)
+        """Acquires of this coordinator now waiting for another sender's pending claim."""
         self.histograms = {
             "claim_seconds": Histogram(CLAIM_SECONDS_BUCKETS),
             "lateness_seconds": Histogram(LATENESS_SECONDS_BUCKETS),
@@ -145,6 +262,27 @@ class FiringCoordinator:
         else:
             expiry = trigger.state_expiry(slot)
         return max(MIN_STATE_TTL_MS, (expiry - epoch_seconds(now)) * 1000)
+
+    def key(self, schedule_id: str) -> str:
+        """Return the firing state key of ``schedule_id``."""
+        key = self._keys.get(schedule_id)
+        if key is None:
+            if len(self._keys) >= MAX_KNOWN_CURSORS:
+                self._keys.clear()
+            key = self._keys[schedule_id] = self.keys.firings(schedule_id)
+        return key
+
+    def _saw_cursor(self, key: str, cursor: int | None) -> None:
+        """Remember that the state at ``key`` had sent every slot up to ``cursor``."""
+        if cursor is None or cursor <= 0:
+            return
+        known = self._cursors.get(key)
+        if known is None:
+            if len(self._cursors) >= MAX_KNOWN_CURSORS:
+                self._cursors.clear()
+        elif known >= cursor:
+            return
+        self._cursors[key] = cursor
 
     async def acquire(
         self, schedule_id: str, trigger: Trigger | SlotTrigger, now: datetime
@@ -162,49 +300,14 @@ class FiringCoordinator:
     async def _acquire(
         self, schedule_id: str, trigger: Trigger | SlotTrigger, now: datetime
     ) -> Attempt | None:
-        candidates = due_slots(trigger, now)  # no history: the last, current, is taken
-        key = self.keys.firings(schedule_id)
+        key = self.key(schedule_id)
+        # no history: the last, current, is taken
+        candidates = after_cursor(due_slots(trigger, now), self._cursors.get(key))
         token = self.claims.new_attempt()
         ttl_ms = self.state_ttl_ms(trigger, candidates[-1], now)
-        give_up = time.monotonic() + self.wait
-        poll = WAIT_POLL
-        while True:
-            try:
-                claim = await self.claims.claim(key, token, candidates, ttl_ms)
-            except Exception:
-                self.stats.claim_errors += 1
-                raise
-            if claim.won:
-                break
-            if claim.verdict == "sent":
-                self.stats.duplicates_cancelled += 1
-                logger.info(
-                    "Firing %s of schedule %s was sent by %s; not sending it again",
-                    claim.slot,
-                    schedule_id,
-                    claim.holder,
-                    extra=decision(
-                        schedule_id=schedule_id, slot=claim.slot, key=key, holder=claim.holder
-                    ),
-                )
-                return None
-            pause = min(poll, claim.lease_left + 0.01)
-            if time.monotonic() + pause > give_up:
-                self.stats.waits_given_up += 1
-                logger.warning(
-                    "Firing %s of schedule %s is still being sent by %s after %.1fs; "
-                    "leaving it to that sender (a later tick takes it over if it died)",
-                    claim.slot,
-                    schedule_id,
-                    claim.holder,
-                    self.wait,
-                    extra=decision(
-                        schedule_id=schedule_id, slot=claim.slot, key=key, holder=claim.holder
-                    ),
-                )
-                return None
-            await asyncio.sleep(pause)
-            poll = min(poll * 2, WAIT_POLL_MAX)
+        claim = await self._win(schedule_id, key, token, candidates, ttl_ms)
+        if claim is None:
+            return None
         self.stats.claimed += 1
         missed = (
             ()
@@ -226,6 +329,7 @@ class FiringCoordinator:
             missed=missed,
             unconfirmed=claim.unconfirmed,
         )
+        self._hold(attempt)
         if attempt.takeover:
             self.stats.takeovers += 1
             logger.warning(
@@ -273,6 +377,79 @@ class FiringCoordinator:
             ),
         )
 
+    async def _win(
+        self, schedule_id: str, key: str, token: str, candidates: list[int], ttl_ms: int
+    ) -> Claim | None:
+        """Claim, waiting out another sender's pending claim; ``None`` if it is not ours."""
+        started = time.monotonic()
+        give_up = started + self.wait
+        poll = WAIT_POLL
+        seen: tuple[str, float, float] | None = None  # holder, lease left, when: the last look
+        waiting = False
+        try:
+            while True:
+                try:
+                    async with self._in_flight:
+                        claim = await self.claims.claim(key, token, candidates, ttl_ms)
+                except Exception:
+                    self.stats.claim_errors += 1
+                    raise
+                if claim.won:
+                    self._saw_cursor(key, claim.slot - 1)
+                    return claim
+                if claim.verdict == "sent":
+                    self._saw_cursor(key, claim.slot)
+                    self.stats.duplicates_cancelled += 1
+                    logger.info(
+                        "Firing %s of schedule %s was sent by %s; not sending it again",
+                        claim.slot,
+                        schedule_id,
+                        claim.holder,
+                        extra=decision(
+                            schedule_id=schedule_id, slot=claim.slot, key=key, holder=claim.holder
+                        ),
+                    )
+                    return None
+                looked = time.monotonic()
+                if seen is not None and _renewed(seen, claim.holder, claim.lease_left, looked):
+                    # A live holder renewing a queued send: wait for it while it may
+                    # renew; if it stops, its lease lapses first and is taken over.
+                    give_up = max(
+                        give_up,
+                        min(
+                            looked + claim.lease_left + WAIT_MARGIN,
+                            started + MAX_RENEWED + self.wait,  # there when it stops renewing
+                        ),
+                    )
+                seen = (claim.holder, claim.lease_left, looked)
+                if looked >= give_up:
+                    self._gave_up(schedule_id, key, claim, give_up - started)
+                    return None
+                if not waiting:
+                    waiting = True
+                    self._waiting += 1
+                pause = max(
+                    min(poll, claim.lease_left + 0.01),
+                    self._waiting / MAX_WAIT_POLLS_PER_SECOND,
+                )
+                await asyncio.sleep(min(pause, give_up - looked))
+                poll = min(poll * 2, WAIT_POLL_MAX)
+        finally:
+            if waiting:
+                self._waiting -= 1
+
+    def _gave_up(self, schedule_id: str, key: str, claim: Claim, waited: float) -> None:
+        self.stats.waits_given_up += 1
+        logger.warning(
+            "Firing %s of schedule %s is still being sent by %s after %.1fs; "
+            "leaving it to that sender (a later tick takes it over if it died)",
+            claim.slot,
+            schedule_id,
+            claim.holder,
+            waited,
+            extra=decision(schedule_id=schedule_id, slot=claim.slot, key=key, holder=claim.holder),
+        )
+
     def _report_missed(self, schedule_id: str, missed: tuple[int, ...]) -> None:
         """Log, once across schedulers, the slots between the cursor and the one won."""
         for slot in missed:
@@ -286,7 +463,7 @@ class FiringCoordinator:
                 extra=decision(
                     schedule_id=schedule_id,
                     slot=slot,
-                    key=self.keys.firings(schedule_id),
+                    key=self.key(schedule_id),
                     holder=self.claims.holder,
                 ),
             )
@@ -300,15 +477,20 @@ class FiringCoordinator:
         """
         self.stats.confirmed += 1
         self.histograms["lateness_seconds"].observe(max(0.0, time.time() - attempt.slot))
-        if not await self.claims.confirm(
-            attempt.key,
-            attempt.token,
-            attempt.slot,
-            attempt.ttl_ms,
-            takeover=attempt.takeover,
-            missed=attempt.missed,
-            unconfirmed=attempt.unconfirmed,
-        ):
+        try:
+            confirmed = await self.claims.confirm(
+                attempt.key,
+                attempt.token,
+                attempt.slot,
+                attempt.ttl_ms,
+                takeover=attempt.takeover,
+                missed=attempt.missed,
+                unconfirmed=attempt.unconfirmed,
+            )
+        finally:  # renewed until the confirm is decided: its lease must not lapse meanwhile
+            self._held.pop(attempt.token, None)
+        self._saw_cursor(attempt.key, attempt.slot)  # moved forward either way
+        if not confirmed:
             logger.info(
                 "Firing %s of schedule %s was taken over while this send ran; the worker "
                 "guard drops the second copy",
@@ -320,6 +502,65 @@ class FiringCoordinator:
     async def release(self, attempt: Attempt) -> None:
         """Give up ``attempt`` after its send failed, so another sender takes the slot."""
         self.stats.send_failures += 1
+        self._held.pop(attempt.token, None)  # a failed release lapses on its own
         await self.claims.release(
             attempt.key, attempt.token, missed=attempt.missed, unconfirmed=attempt.unconfirmed
         )
+
+    # ------------------------------------------------------------ lease renewal
+
+    def _hold(self, attempt: Attempt) -> None:
+        """Keep ``attempt``'s lease live until it is confirmed or released."""
+        self._held[attempt.token] = (attempt, time.monotonic())
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_held())
+
+    async def _renew_held(self) -> None:
+        """Renew every held claim each third of a lease, in one batch; end when none is held.
+
+        A claim held past ``MAX_RENEWED`` is no longer renewed (its send has hung):
+        it lapses and may be taken over. A claim that is no longer this attempt's
+        (taken over after a late renewal) is dropped. The loop runs in this process
+        only while it runs at all: a dead or frozen process renews nothing.
+        """
+        period = self.claims.pending_lease_ms / 1000 / RENEWALS_PER_LEASE
+        while self._held:
+            await asyncio.sleep(period)
+            limit = time.monotonic() - MAX_RENEWED
+            due = []
+            for token, (attempt, won_at) in list(self._held.items()):
+                if won_at < limit:
+                    del self._held[token]
+                    logger.warning(
+                        "Firing %s of schedule %s is still not in the broker %.0fs after "
+                        "its claim; its lease is no longer renewed, so another scheduler "
+                        "may take it over",
+                        attempt.slot,
+                        attempt.schedule_id,
+                        MAX_RENEWED,
+                        extra=attempt.log_fields(),
+                    )
+                else:
+                    due.append(attempt)
+            if not due:
+                continue
+            replies = await asyncio.gather(
+                *(self.claims.renew(attempt.key, attempt.token) for attempt in due),
+                return_exceptions=True,
+            )
+            for attempt, reply in zip(due, replies, strict=True):
+                if reply is False:  # confirmed or released meanwhile, or taken over
+                    self._held.pop(attempt.token, None)
+                elif isinstance(reply, BaseException):
+                    if not isinstance(reply, Exception):
+                        raise reply
+                    logger.debug("Renewing the lease of %s failed: %s", attempt.key, reply)
+                self.stats.renewals += reply is True
+
+    async def close(self) -> None:
+        """Stop renewing (at shutdown): the claims still held lapse or are released."""
+        self._held.clear()
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+            self._renewer = None

@@ -287,7 +287,7 @@ class CompositeScheduleSource(ScheduleSource):
         """Return the ``extra=`` of a log line about ``entry`` before a slot is won."""
         return decision(
             schedule_id=entry.schedule_id,
-            key=self.keys.firings(entry.schedule_id),
+            key=self.firings.key(entry.schedule_id),
             holder=self.claims.holder,
         )
 
@@ -337,6 +337,7 @@ class CompositeScheduleSource(ScheduleSource):
             except RedisError:
                 logger.debug("Release at shutdown failed; the pending lease lapses on its own")
         self._sending.clear()
+        await self.firings.close()
         for source in self.sources:
             try:
                 await source.shutdown()
@@ -431,6 +432,8 @@ class CompositeScheduleSource(ScheduleSource):
         self._stats.invalid_schedules += merged.invalid
         self._stats.stale_one_offs += merged.stale
         self._schedules = merged.schedules
+        for entry in self._schedules.values():  # built here, off the path of a firing
+            self.firings.key(entry.schedule_id)
         return self._schedules
 
     async def pre_send(self, task: ScheduledTask) -> None:

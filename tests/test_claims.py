@@ -221,6 +221,8 @@ async def test_every_script_is_safe_to_retry_after_a_lost_reply(
         claim = await claims.claim(key, attempt, [10], TTL_MS)  # retried on a new connection
         assert (claim.verdict, claim.slot) == ("won", 10)
         proxy.drop_next_reply()
+        assert await claims.renew(key, attempt)  # the retry finds its claim: renewed again
+        proxy.drop_next_reply()
         assert await claims.confirm(key, attempt, 10, TTL_MS)  # the retry still says "mine"
 
 
@@ -541,3 +543,52 @@ async def test_a_call_queued_behind_a_hung_round_trip_keeps_its_own_deadline(
         assert await first == 0  # answered once Redis resumed, within its own 4 s
     # Its own 0.5 s, not the 4 s of the call ahead of it.
     assert queued_for < 2.0
+
+
+# ------------------------------------------------------------------ renewal
+
+
+async def test_a_renewed_claim_outlives_its_lease_and_lapses_once_renewals_stop(
+    client: Redis, key: str
+) -> None:
+    holder = claims_on(client, "a", pending_lease=0.3)
+    attempt = holder.new_attempt()
+    await holder.claim(key, attempt, [10], TTL_MS)
+    other = claims_on(client, "b")
+    for _ in range(6):  # 0.6 s: two leases, renewed every third of one
+        await asyncio.sleep(0.1)
+        assert await holder.renew(key, attempt)
+        assert (await other.claim(key, "b#1", [10], TTL_MS)).verdict == "pending"
+    replies = []
+
+    async def taken_over() -> bool:  # the holder dies: no more renewals
+        replies.append(await other.claim(key, "b#1", [10], TTL_MS))
+        return replies[-1].won
+
+    await eventually(taken_over, timeout=5)
+    assert (replies[-1].verdict, replies[-1].holder) == ("takeover", attempt)
+    lease = await client.hget(key, "lease_until")
+    assert not await holder.renew(key, attempt)  # a late renewal: not its claim any more
+    assert await client.hget(key, "lease_until") == lease  # the taker's lease untouched
+    assert await client.hget(key, "holder") == b"b#1"
+
+
+async def test_a_renewal_after_confirm_release_or_loss_writes_nothing(
+    client: Redis, key: str
+) -> None:
+    claims = claims_on(client, "a", pending_lease=30)
+    confirmed = claims.new_attempt()
+    await claims.claim(key, confirmed, [10], TTL_MS)
+    await claims.confirm(key, confirmed, 10, TTL_MS)
+    before = await client.hgetall(key)
+    assert not await claims.renew(key, confirmed)
+    released = claims.new_attempt()
+    await claims.claim(key, released, [20], TTL_MS)
+    await claims.release(key, released)
+    assert not await claims.renew(key, released)
+    assert {k: v for k, v in (await client.hgetall(key)).items() if k != b"log"} == {
+        k: v for k, v in before.items() if k != b"log"
+    } | {b"sent": b"19", b"sent_by": before[b"sent_by"]}
+    await client.delete(key)  # Redis lost its data
+    assert not await claims.renew(key, released)
+    assert not await client.exists(key)  # a renewal never recreates a state

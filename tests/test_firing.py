@@ -6,6 +6,7 @@ moves only the slot arithmetic, so these checks do not depend on today's date.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime, timedelta, timezone
 
@@ -15,7 +16,7 @@ from redis.exceptions import RedisError
 from taskiq import ScheduledTask
 
 from taskiq_dedup.claims import FiringClaims
-from taskiq_dedup.firing import FiringCoordinator
+from taskiq_dedup.firing import FiringCoordinator, _Turns
 from taskiq_dedup.keys import KeySpace
 from taskiq_dedup.ledger import history
 from taskiq_dedup.triggers import Trigger, parse_trigger
@@ -110,6 +111,7 @@ async def test_a_lapsed_sender_is_taken_over_and_its_late_confirm_is_logged(
     for schedule in ("s1", "s2"):
         first = await dying.acquire(schedule, minutely(), NOW)
         assert first is not None
+        await dying.close()  # the process dies: nothing renews its lease
         taken = await other.acquire(schedule, minutely(), NOW)
         assert taken is not None
         assert (taken.takeover, taken.slot) == (True, SLOT)
@@ -243,3 +245,173 @@ async def test_claim_errors_are_counted_and_raised(own_redis: RedisServer, prefi
             with pytest.raises(RedisError):
                 await coordinator.acquire(schedule, minutely(), NOW)
     assert coordinator.stats.claim_errors == 2
+
+
+# ------------------------------------ a claim offers only the slots after the last cursor
+
+
+def every_second() -> Trigger:
+    return parse_trigger(
+        ScheduledTask(task_name="app:job", labels={}, args=[], kwargs={}, interval=1)
+    )
+
+
+async def test_after_a_confirm_a_claim_offers_only_the_slots_after_it(
+    redis: Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 1 s interval's window is ~120 slots: sent at every tick, they cost more than the claim."""
+    coordinator = coordinator_on(redis, prefix, "a")
+    offered: list[list[int]] = []
+    claim = coordinator.claims.claim
+
+    async def spy(
+        key: str, attempt: str, candidates: list[int], ttl_ms: int, **kw: object
+    ) -> object:
+        offered.append(list(candidates))
+        return await claim(key, attempt, candidates, ttl_ms, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(coordinator.claims, "claim", spy)
+    first = await coordinator.acquire("s1", every_second(), NOW)
+    assert first is not None
+    await coordinator.confirm(first)
+    second = await coordinator.acquire("s1", every_second(), NOW + timedelta(seconds=3))
+    assert second is not None
+    assert len(offered[0]) > 100
+    assert offered[1] == [first.slot + 1, first.slot + 2, first.slot + 3]
+    assert second.slot == first.slot + 1  # still the earliest unsent: nothing skipped
+
+
+async def test_a_state_lost_after_the_cursor_was_seen_still_takes_the_current_slot(
+    redis: Redis, prefix: str
+) -> None:
+    coordinator = coordinator_on(redis, prefix, "a")
+    first = await coordinator.acquire("s1", every_second(), NOW)
+    assert first is not None
+    await coordinator.confirm(first)
+    await redis.delete(first.key)  # Redis lost its data
+    later = await coordinator.acquire("s1", every_second(), NOW + timedelta(seconds=5))
+    assert later is not None
+    assert later.slot == first.slot + 5  # no history: the current slot only
+
+
+async def test_a_cursor_seen_sent_elsewhere_is_remembered(redis: Redis, prefix: str) -> None:
+    sender = coordinator_on(redis, prefix, "a")
+    other = coordinator_on(redis, prefix, "b")
+    attempt = await sender.acquire("s1", every_second(), NOW)
+    assert attempt is not None
+    await sender.confirm(attempt)
+    assert await other.acquire("s1", every_second(), NOW) is None
+    assert other._cursors[attempt.key] == attempt.slot
+
+
+async def test_the_renewal_loop_holds_only_unconfirmed_claims_and_ends_with_them(
+    redis: Redis, prefix: str
+) -> None:
+    coordinator = coordinator_on(redis, prefix, "a", pending_lease=0.3)
+    kept = await coordinator.acquire("s1", minutely(), NOW)
+    released = await coordinator.acquire("s2", minutely(), NOW)
+    assert kept is not None
+    assert released is not None
+    await coordinator.release(released)
+    await asyncio.sleep(0.5)  # past the lease: renewed meanwhile
+    other = FiringClaims(redis, "b")
+    assert (await other.claim(kept.key, "b#1", [kept.slot], DAY_MS)).verdict == "pending"
+    await coordinator.confirm(kept)
+    assert coordinator._held == {}
+    await asyncio.sleep(0.2)  # the loop's next round finds nothing and ends
+    assert coordinator._renewer is not None
+    assert coordinator._renewer.done()
+    assert coordinator.stats.renewals >= 1
+
+
+async def test_a_waiter_keeps_waiting_for_a_renewing_holder_past_its_own_limit(
+    redis: Redis, prefix: str
+) -> None:
+    holder = coordinator_on(redis, prefix, "a", pending_lease=0.3)
+    waiter = coordinator_on(redis, prefix, "b")
+    waiter.wait = 0.2  # for a holder that does not renew
+    attempt = await holder.acquire("s1", minutely(), NOW)
+    assert attempt is not None
+
+    async def confirm_late() -> None:
+        await asyncio.sleep(1.0)  # a send queued behind others: renewed meanwhile
+        await holder.confirm(attempt)
+
+    confirming = asyncio.create_task(confirm_late())
+    assert await waiter.acquire("s1", minutely(), NOW) is None
+    await confirming
+    assert (waiter.stats.duplicates_cancelled, waiter.stats.waits_given_up) == (1, 0)
+    assert waiter.stats.takeovers == 0
+
+
+async def test_many_waits_together_look_no_more_often_than_the_process_rate(
+    redis: Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("taskiq_dedup.firing.MAX_WAIT_POLLS_PER_SECOND", 10)
+    holder = coordinator_on(redis, prefix, "a")  # a 30 s lease, renewed every 10 s
+    waiter = coordinator_on(redis, prefix, "b")
+    waiter.wait = 1.0
+    for n in range(5):
+        assert await holder.acquire(f"s{n}", minutely(), NOW) is not None
+    calls = 0
+    claim = waiter.claims.claim
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        return await claim(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(waiter.claims, "claim", counted)
+    waits = [waiter.acquire(f"s{n}", minutely(), NOW) for n in range(5)]
+    assert await asyncio.gather(*waits) == [None] * 5
+    # 5 first looks, at most 10 a second for the 1 s wait, 5 last looks at its end;
+    # uncapped, each would look at 0, 0.05, 0.15, 0.35, 0.75 and 1 s: 30
+    assert calls <= 5 + 10 + 5
+    assert waiter.stats.waits_given_up == 5
+    await holder.close()
+
+
+async def test_turns_serve_waiters_in_order_and_pass_on_a_cancelled_turn() -> None:
+    turns = _Turns(1)
+    order: list[int] = []
+
+    async def use(n: int, hold: float) -> None:
+        async with turns:
+            order.append(n)
+            await asyncio.sleep(hold)
+
+    first = asyncio.create_task(use(0, 0.05))
+    await asyncio.sleep(0)
+    cancelled = asyncio.create_task(use(1, 0))
+    later = [asyncio.create_task(use(n, 0)) for n in (2, 3)]
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.gather(first, *later)
+    assert order == [0, 2, 3]
+    async with turns:  # every turn was given back
+        pass
+
+
+async def test_a_burst_has_at_most_its_limit_of_claims_in_flight(
+    redis: Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claims beyond the limit wait before their call, so no deadline runs out queued."""
+    monkeypatch.setattr("taskiq_dedup.firing.MAX_CLAIMS_IN_FLIGHT", 5)
+    coordinator = coordinator_on(redis, prefix, "a", retry_window=0)
+    in_flight = most = 0
+    claim = coordinator.claims.claim
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        try:
+            return await claim(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            in_flight -= 1
+
+    monkeypatch.setattr(coordinator.claims, "claim", counted)
+    won = await asyncio.gather(*(coordinator.acquire(f"s{n}", minutely(), NOW) for n in range(50)))
+    assert all(attempt is not None for attempt in won)
+    assert most == 5
+    await coordinator.close()

@@ -139,6 +139,9 @@ class Protocol(RuleBasedStateMachine):
             (task,) = await source.get_schedules()
             await source.pre_send(task)
             self.dead_slots.add(int(task.labels[SLOT_LABEL]))
+            # the process is gone, and with it the loop renewing this claim's lease
+            _, attempt, _ = source._sending[task.schedule_id]
+            source.firings._held.pop(attempt.token, None)
             if after_send:
                 message = TaskiqMessage(
                     task_id=task.task_id or "",

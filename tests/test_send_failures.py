@@ -46,10 +46,13 @@ class FlakyBroker(InMemoryBroker):
         super().__init__(await_inplace=True)
         self.fail = 0
         self.hang = False
+        self.delay = 0.0
 
     async def kick(self, message: BrokerMessage) -> None:
         if self.hang:
             await asyncio.Event().wait()
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.fail:
             self.fail -= 1
             raise SendTaskError
@@ -192,11 +195,45 @@ async def test_a_send_cut_by_a_timeout_is_released(world: World) -> None:
     assert other_source.stats.fired == 1
 
 
+async def test_a_send_queued_longer_than_its_lease_is_not_taken_over(world: World) -> None:
+    """A live process renews the lease of a send waiting its turn (a burst)."""
+    slow, slow_source, slow_broker = await world.scheduler({"interval": 60}, pending_lease=0.3)
+    other, other_source, _ = await world.scheduler({"interval": 60})
+    slow_broker.delay = 1.0  # three leases behind the other sends of its tick
+    first = asyncio.create_task(tick(slow, slow_source))
+    await asyncio.sleep(0.1)
+    assert await tick(other, other_source) is None  # waits, then finds it sent
+    assert await first is None
+    assert (other_source.stats.takeovers, other_source.stats.duplicates_cancelled) == (0, 1)
+    assert len(world.sent) == 1
+    assert slow_source.stats.fired == 1
+    assert slow_source.firings.stats.renewals >= 2
+
+
+async def test_a_send_hung_past_the_renewal_limit_is_taken_over(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("taskiq_dedup.firing.MAX_RENEWED", 0.5)
+    hung, hung_source, hung_broker = await world.scheduler({"interval": 60}, pending_lease=0.3)
+    other, other_source, _ = await world.scheduler({"interval": 60})
+    hung_broker.hang = True  # no --send-timeout: the send never ends
+    stuck = asyncio.create_task(tick(hung, hung_source))
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    assert await tick(other, other_source) is None
+    assert time.monotonic() - started >= 0.5  # renewed until the limit, then lapsed
+    assert other_source.stats.takeovers == 1
+    assert len(world.executed) == 1
+    assert "its lease is no longer renewed" in caplog.text
+    stuck.cancel()
+
+
 async def test_a_sender_that_died_after_claiming_is_taken_over(world: World) -> None:
     _, dying_source, _ = await world.scheduler({"interval": 60}, pending_lease=0.5)
     other, other_source, _ = await world.scheduler({"interval": 60})
     (task,) = await dying_source.get_schedules()
     await dying_source.pre_send(task)  # claimed; this process "dies": no send, no release
+    await dying_source.firings.close()  # a dead process renews no lease
     started = time.monotonic()
     assert await tick(other, other_source) is None
     assert time.monotonic() - started >= 0.4  # not before the lease lapsed
@@ -213,6 +250,7 @@ async def test_a_sender_that_died_before_confirming_is_stopped_by_the_worker_gua
     other, other_source, _ = await world.scheduler({"interval": 60}, guard=True)
     (task,) = await dying_source.get_schedules()
     await dying_source.pre_send(task)
+    await dying_source.firings.close()  # it dies after this kick: nothing renews its lease
     await dying.broker.kick(  # sent, then the process dies before post_send confirms
         dying_broker.formatter.dumps(
             TaskiqMessage(

@@ -114,6 +114,9 @@ async def main() -> None:
             "claimed": stats.claimed if stats else None,
             "duplicates_cancelled": stats.duplicates_cancelled if stats else None,
             "claim_errors": stats.claim_errors if stats else None,
+            "takeovers": stats.takeovers if stats else None,
+            "waits_given_up": stats.waits_given_up if stats else None,
+            "lease_renewals": composite.firings.stats.renewals if composite else None,
         }
         await control.rpush(f"{config['RUN_KEY']}:results", json.dumps(report))
     finally:
