@@ -157,3 +157,19 @@ def test_docs_only_redraws_figures_and_links_them(tmp_path: Path) -> None:
         png = tmp_path / report.PLOTS_DIR / f"{name}.png"
         assert png.read_bytes().startswith(PNG_SIGNATURE)
         assert f"]({report.PLOTS_DIR}/{name}.png)" in text
+    assert "python -m benchmarks.profile" in text
+
+
+def test_profile_names_the_packages_frames(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "benchmarks.profile", "--label", "smoke", "--messages", "200"]
+    argv += ["--output-dir", str(tmp_path)]
+    completed = subprocess.run(
+        argv, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+
+    text = (tmp_path / "worker-smoke.txt").read_text()
+    assert text.startswith("# Worker hot path profile: smoke")
+    for figure in ("CPU time per message:", "memory per message:", "taskiq_dedup", "redis-py"):
+        assert figure in text
+    assert "DedupMiddleware.pre_execute" in text or "taskiq_dedup/middleware.py" in text
