@@ -38,7 +38,13 @@ from typing import TYPE_CHECKING
 
 from pyinstrument import Profiler
 
-from benchmarks.environment import PROJECT_ROOT, command_line, git_revision, versions
+from benchmarks.environment import (
+    PROJECT_ROOT,
+    command_line,
+    git_revision,
+    load_average,
+    versions,
+)
 from benchmarks.servers import flush, private_redis
 from benchmarks.worker_throughput import MAX_ASYNC_TASKS, consume, prefill
 
@@ -165,6 +171,8 @@ class Measured:
     """The figures of one profile run."""
 
     messages: int
+    load: tuple[list[float], list[float]]
+    """The machine's load averages at the start and at the end (it is shared)."""
     cpu: CpuClock
     memory: PeakMemory
     profiler: Profiler
@@ -172,6 +180,7 @@ class Measured:
 
 async def measure(messages: int) -> Measured:
     """The warm-up, then the three passes on one private redis-server."""
+    load_at_start = load_average()
     cpu, memory = CpuClock(), PeakMemory()
     profiler = Profiler(interval=INTERVAL, async_mode="disabled")
     with private_redis() as server:
@@ -179,7 +188,7 @@ async def measure(messages: int) -> Measured:
         await _pass(server.url, messages, cpu)
         await _pass(server.url, messages, memory)
         await _pass(server.url, messages, profiler)
-    return Measured(messages, cpu, memory, profiler)
+    return Measured(messages, (load_at_start, load_average()), cpu, memory, profiler)
 
 
 def _largest(seconds: dict[str, float]) -> list[tuple[str, float]]:
@@ -202,6 +211,8 @@ def render(measured: Measured, label: str) -> str:
         f"command: {command_line()}",
         f"commit: {git_revision()}",
         "versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
+        f"load average (1, 5, 15 min): at start {measured.load[0]}, at end {measured.load[1]}"
+        " (the machine may be shared: compare profiles made under similar load)",
         f"messages: {n:,} no-op scheduled messages through DedupMiddleware "
         f"(max_async_tasks={MAX_ASYNC_TASKS}), drained in process from a ListQueueBroker",
         "",
@@ -239,7 +250,7 @@ def render(measured: Measured, label: str) -> str:
     lines += ["", "## Call tree (pyinstrument)", ""]
     if session is not None:
         tree = measured.profiler.output_text(unicode=False, color=False, show_all=False)
-        lines += [line.rstrip() for line in tree.splitlines()]
+        lines += [line.rstrip().replace(f"{PROJECT_ROOT}/", "") for line in tree.splitlines()]
     return "\n".join(lines).rstrip() + "\n"
 
 
