@@ -15,6 +15,7 @@ import matplotlib as mpl
 mpl.use("Agg")
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -102,6 +103,10 @@ def lateness(bench: dict[str, Any], path: Path) -> Plot | None:
             label=f"{arm} ({dist['firings']:,} firings)",
         )
     axes.set_xscale("log")
+    plain = FuncFormatter(lambda value, _position: f"{value:g}")
+    axes.xaxis.set_major_formatter(plain)
+    axes.xaxis.set_minor_formatter(plain)
+    axes.tick_params(axis="x", which="minor", labelsize=7)
     axes.set_xlabel("lateness: enqueue time - slot (ms, log scale)")
     axes.set_ylabel("fraction of firings")
     axes.set_ylim(0, 1.01)
