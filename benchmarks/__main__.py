@@ -2,10 +2,10 @@
 
 Examples::
 
-    python -m benchmarks                       # everything (~15 min on 2 cores)
-    python -m benchmarks --write-docs          # ... and regenerate docs/BENCHMARKS.md
+    python -m benchmarks                       # everything (~12 min on 2 cores)
+    python -m benchmarks --write-docs          # ... and docs/BENCHMARKS.md + its PNG figures
     python -m benchmarks --quick --only merge  # a smoke run of one benchmark
-    python -m benchmarks --docs-only           # docs/BENCHMARKS.md from the last JSON
+    python -m benchmarks --docs-only           # docs/BENCHMARKS.md and figures from the last JSON
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks import burst, claim_cost, lateness, merge, report, worker_throughput
+from benchmarks import burst, claim_cost, demo, lateness, merge, report, worker_throughput
 from benchmarks.environment import PROJECT_ROOT, describe, load_average
 from benchmarks.harness import Config
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from benchmarks.harness import Result
+    from benchmarks.plots import Plot
 
 BENCHMARKS: dict[str, Callable[[Config], Result]] = {
     worker_throughput.NAME: worker_throughput.run,
@@ -34,6 +35,7 @@ BENCHMARKS: dict[str, Callable[[Config], Result]] = {
     merge.NAME: merge.run,
     burst.NAME: burst.run,
     lateness.NAME: lateness.run,
+    demo.NAME: demo.run,
 }
 DEFAULT_OUTPUT = PROJECT_ROOT / "benchmarks" / "results" / "latest.json"
 DEFAULT_DOCS = PROJECT_ROOT / "docs" / "BENCHMARKS.md"
@@ -81,6 +83,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _wrote(docs: Path, figures: list[Plot]) -> None:
+    for path in (docs, *(figure.path for figure in figures)):
+        print(f"wrote {path}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen benchmarks; write the results."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -89,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     # shared broker) is not on the benchmark's broker: true, and harmless here.
     logging.getLogger("taskiq.schedule_sources.label_based").setLevel(logging.ERROR)
     if args.docs_only:
-        report.write_docs(json.loads(args.output.read_text()), args.write_docs or DEFAULT_DOCS)
+        docs = args.write_docs or DEFAULT_DOCS
+        figures = report.write_docs(json.loads(args.output.read_text()), docs)
+        _wrote(docs, figures)
         return 0
     config = Config(quick=args.quick, reps=args.reps)
     started = time.monotonic()
@@ -120,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         report.write_json(data, args.output)
     print(f"wrote {args.output}", file=sys.stderr)
     if args.write_docs is not None:
-        report.write_docs(data, args.write_docs)
-        print(f"wrote {args.write_docs}", file=sys.stderr)
+        _wrote(args.write_docs, report.write_docs(data, args.write_docs))
     return 1 if data["failed"] else 0
 
 

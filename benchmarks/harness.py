@@ -121,6 +121,8 @@ class Row:
     ratio: dict[str, float] | None
     baseline: str | None
     label: str = ""
+    values: list[float] = field(default_factory=list)
+    """The absolute figure of every repetition, in order (what the plots draw)."""
 
     def as_dict(self) -> dict[str, Any]:
         """The row as JSON."""
@@ -132,6 +134,7 @@ class Row:
             "absolute": self.absolute,
             "ratio": self.ratio,
             "baseline": self.baseline,
+            "values": self.values,
         }
 
 
@@ -161,6 +164,8 @@ class Result:
     goals: list[Goal] = field(default_factory=list)
     checks: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    distributions: dict[str, Any] = field(default_factory=dict)
+    """Bounded samples for the plots (e.g. percentiles per arm), not shown in the tables."""
     seconds: float = 0.0
 
     def add(
@@ -175,11 +180,12 @@ class Result:
         scale: float = 1.0,
     ) -> Row:
         """Add the row of ``arm``'s ``metric`` (absolute times ``scale``) and its ratio."""
+        values = [m[metric] * scale for m in results[arm]]
         row = Row(
             arm=arm,
             metric=metric,
             unit=unit,
-            absolute=summary([m[metric] * scale for m in results[arm]]),
+            absolute=summary(values),
             ratio=(
                 summary(ratios(results, arm, baseline, metric))
                 if baseline is not None and baseline != arm
@@ -187,6 +193,7 @@ class Result:
             ),
             baseline=baseline,
             label=label,
+            values=values,
         )
         self.rows.append(row)
         return row
@@ -202,5 +209,6 @@ class Result:
             "goals": [goal.as_dict() for goal in self.goals],
             "checks": self.checks,
             "notes": self.notes,
+            "distributions": self.distributions,
             "seconds": round(self.seconds, 1),
         }

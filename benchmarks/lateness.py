@@ -39,6 +39,8 @@ SCHEDULES = 100
 WARMUP = 5.0
 """Seconds for a scheduler process to import, start and settle before the window."""
 STOP_TIMEOUT = 15.0
+QUANTILES = sorted({*range(101), 99.5, 99.9})
+"""Percentiles of each arm's pooled lateness kept in the JSON: a bounded CDF for the plot."""
 ARMS = {"bare": ("bare", 1), "dedup": ("dedup", 1), "dedup_x3": ("dedup", 3)}
 LABELS = {
     "bare": "taskiq as shipped, 1 scheduler",
@@ -55,6 +57,8 @@ class Lateness:
         self.window = window
         self.log_dir = log_dir
         self.checks: list[dict[str, object]] = []
+        self.samples: dict[str, list[float]] = {arm: [] for arm in ARMS}
+        """Every firing's lateness (ms) per arm, over all repetitions."""
 
     def run(self, arm: str) -> Measurement:
         kind, processes = ARMS[arm]
@@ -107,6 +111,7 @@ class Lateness:
         )
         if not late:
             raise RuntimeError(f"{arm}: no firing in the window")
+        self.samples[arm].extend(late)
         return {
             "p50_ms": percentile(late, 50),
             "p99_ms": percentile(late, 99),
@@ -139,6 +144,13 @@ def run(config: Config) -> Result:
                 results, arm, metric, "ms", baseline="bare", label=f"{LABELS[arm]}: {metric[:3]}"
             )
     result.checks["runs"] = lateness.checks
+    result.distributions["lateness_ms"] = {
+        arm: {
+            "firings": len(samples),
+            "percentiles": [[q, percentile(samples, q)] for q in QUANTILES],
+        }
+        for arm, samples in lateness.samples.items()
+    }
     result.checks["firings_per_expected"] = {
         arm: summary([m["firings_per_expected"] for m in results[arm]]) for arm in ARMS
     }

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from benchmarks import plots
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 SCHEMA_VERSION = 1
+PLOTS_DIR = "benchmarks"
+"""The figures' folder, beside the Markdown page (docs/benchmarks/)."""
 TIMES = "\u00d7"  # multiplication sign
 DASH = "\u2013"  # en dash, for ranges
 TITLE = "# Benchmarks: the cost of exactly-once"
@@ -91,9 +97,10 @@ def _environment(data: dict[str, Any]) -> list[str]:
     ]
 
 
-def render(data: dict[str, Any]) -> str:
-    """docs/BENCHMARKS.md for one results file."""
+def render(data: dict[str, Any], figures: list[plots.Plot] | None = None) -> str:
+    """docs/BENCHMARKS.md for one results file, linking ``figures`` (drawn beside it)."""
     benchmarks = data["benchmarks"]
+    figures = figures or []
     lines = [
         TITLE,
         "",
@@ -104,6 +111,15 @@ def render(data: dict[str, Any]) -> str:
         "`benchmarks/results/latest.json`, and with `--write-docs` this page. `--quick` is a smoke",
         "run with small sizes; `--only NAME[,NAME]` picks benchmarks; `--reps N` overrides the",
         "repetitions. Each benchmark starts its own private `redis-server` on a free port.",
+        "`--write-docs` also draws the figures below into `docs/benchmarks/*.png` (matplotlib);",
+        "`--docs-only` redraws page and figures from the JSON without running anything.",
+        "",
+        "`python -m benchmarks.profile --label NAME` profiles the worker's hot path: N no-op",
+        "scheduled messages (`--messages`, default 5,000) drained in process through",
+        "`DedupMiddleware`, as in `worker_throughput`, under pyinstrument; it writes",
+        "`docs/profiles/worker-NAME.txt` with the top frames, the time share of taskiq_dedup,",
+        "taskiq, redis-py and asyncio, and the CPU time and memory (tracemalloc peak) per",
+        "message. Compare two labels (e.g. `before` and `after` a change) with `diff`.",
         "",
         "**Every figure is a ratio** of two arms measured in the same run: the arms take turns",
         "(repetition *i* runs every arm once, the order rotated by *i*), a ratio is taken per",
@@ -135,6 +151,9 @@ def render(data: dict[str, Any]) -> str:
             *_table(bench),
             "",
         ]
+        for figure in figures:
+            if figure.benchmark == bench["name"]:
+                lines += [f"![{figure.caption}]({PLOTS_DIR}/{figure.path.name})", ""]
         for note in bench["notes"]:
             lines += [f"- {note}"]
         checks = {k: v for k, v in bench["checks"].items() if k != "runs"}
@@ -146,8 +165,10 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_docs(data: dict[str, Any], path: Path) -> None:
-    """Write docs/BENCHMARKS.md (atomically)."""
+def write_docs(data: dict[str, Any], path: Path) -> list[plots.Plot]:
+    """Draw the figures into ``benchmarks/`` beside ``path``, then write the page (atomically)."""
+    figures = plots.write_plots(data, path.parent / PLOTS_DIR)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render(data))
+    tmp.write_text(render(data, figures))
     tmp.replace(path)
+    return figures

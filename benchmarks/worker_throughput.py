@@ -29,6 +29,7 @@ Arms (every message is ``noop(i)`` with the same labels ``schedule_id`` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 import uuid
@@ -161,7 +162,7 @@ def _message(arm: str, index: int, schedule_id: str) -> TaskiqMessage:
     )
 
 
-async def _prefill(arm: str, url: str, queue: str, prefix: str, tasks: int) -> None:
+async def prefill(arm: str, url: str, queue: str, prefix: str, tasks: int) -> None:
     """Queue ``tasks`` messages as ``kiq`` would: the arm's ``pre_send``/``post_send``."""
     sender_mw = _middleware(arm, url, prefix)
     sender = _broker(url, queue, [sender_mw] if sender_mw else [])
@@ -192,7 +193,25 @@ async def drain(arm: str, url: str, tasks: int) -> Measurement:
     flush(url)
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     queue = f"{prefix}:queue"
-    await _prefill(arm, url, queue, prefix, tasks)
+    await prefill(arm, url, queue, prefix, tasks)
+    elapsed = await consume(arm, url, queue, prefix, tasks)
+    return {"seconds": elapsed, "tasks_per_s": tasks / elapsed}
+
+
+async def consume(
+    arm: str,
+    url: str,
+    queue: str,
+    prefix: str,
+    tasks: int,
+    *,
+    around: contextlib.AbstractContextManager[object] | None = None,
+) -> float:
+    """Drain the pre-filled ``queue`` with one receiver; return the seconds it took.
+
+    ``around`` (e.g. a profiler) is entered just before consumption starts and
+    left when the last task has finished: start-up and shutdown stay outside.
+    """
     counter = Completions(tasks)
     middleware = _middleware(arm, url, prefix)
     broker = _broker(url, queue, [*([middleware] if middleware else []), counter])
@@ -205,17 +224,18 @@ async def drain(arm: str, url: str, tasks: int) -> Measurement:
         run_startup=False,
     )
     try:
-        started = time.perf_counter()
-        listening = asyncio.create_task(receiver.listen(asyncio.Event()))
-        await asyncio.wait_for(counter.done.wait(), DRAIN_TIMEOUT)
-        elapsed = time.perf_counter() - started
+        with around or contextlib.nullcontext():
+            started = time.perf_counter()
+            listening = asyncio.create_task(receiver.listen(asyncio.Event()))
+            await asyncio.wait_for(counter.done.wait(), DRAIN_TIMEOUT)
+            elapsed = time.perf_counter() - started
         await asyncio.wait_for(listening, DRAIN_TIMEOUT)
         executed = getattr(getattr(middleware, "stats", None), "executed", tasks)
         if counter.count != tasks or executed != tasks:
             raise RuntimeError(f"{arm}: {counter.count} completions, {executed} claimed")
     finally:
         await broker.shutdown()
-    return {"seconds": elapsed, "tasks_per_s": tasks / elapsed}
+    return elapsed
 
 
 def run(config: Config) -> Result:
