@@ -35,6 +35,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from redis._parsers import _AsyncHiredisParser, _AsyncRESP3Parser
 from redis.asyncio import Redis
 from taskiq import TaskiqMessage
 from taskiq.abc.middleware import TaskiqMiddleware
@@ -42,7 +43,7 @@ from taskiq.labels import prepare_label
 from taskiq.receiver import Receiver
 from taskiq.utils import maybe_awaitable
 from taskiq_deduplication import RedisDeduplicationMiddleware
-from taskiq_redis import ListQueueBroker
+from taskiq_redis import ListQueueBroker, RedisStreamBroker
 
 from benchmarks.harness import Config, Goal, Measurement, Result, interleave
 from benchmarks.servers import flush, private_redis
@@ -65,7 +66,21 @@ ARMS = (
     "taskiq_deduplication",
     "bare_1rt",
     "bare_2rt",
+    "bare_hiredis",
+    "dedup_scheduled_hiredis",
+    "bare_stream",
+    "dedup_scheduled_stream",
+    "taskiq_deduplication_stream",
 )
+STREAM_ARMS = {
+    "bare_stream": "bare",
+    "dedup_scheduled_stream": "dedup_scheduled",
+    "taskiq_deduplication_stream": "taskiq_deduplication",
+}
+"""Arms on a ``RedisStreamBroker`` (acked, redelivers), by the list-queue arm they repeat."""
+HIREDIS_ARMS = {"bare_hiredis": "bare", "dedup_scheduled_hiredis": "dedup_scheduled"}
+"""Arms whose every client parses replies with hiredis (the others with redis-py's own parser)."""
+STREAM_GOAL = 0.9
 LABELS = {
     "bare": "taskiq as shipped",
     "dedup_scheduled": "DedupMiddleware, scheduled messages (schedule_id + dedup_slot)",
@@ -73,6 +88,11 @@ LABELS = {
     "taskiq_deduplication": "taskiq-deduplication RedisDeduplicationMiddleware",
     "bare_1rt": "calibration: bare + 1 empty round trip per message",
     "bare_2rt": "calibration: bare + 2 empty round trips per message",
+    "bare_hiredis": "taskiq as shipped, hiredis parser",
+    "dedup_scheduled_hiredis": "DedupMiddleware, scheduled messages, hiredis parser",
+    "bare_stream": "RedisStreamBroker: taskiq as shipped",
+    "dedup_scheduled_stream": "RedisStreamBroker: DedupMiddleware, scheduled messages",
+    "taskiq_deduplication_stream": "RedisStreamBroker: taskiq-deduplication",
 }
 ROUND_TRIP_SCRIPT = "return 1"
 REDIS_TIMEOUT = 5.0  # as DedupMiddleware's client made from redis_url
@@ -125,10 +145,21 @@ async def noop(_index: int) -> None:
     """The task: nothing, so the figures are the framework's and the middleware's."""
 
 
+def _parser(arm: str) -> dict[str, Any]:
+    """The connection options of every client of ``arm``: which reply parser it uses."""
+    return {"parser_class": _AsyncHiredisParser if arm in HIREDIS_ARMS else _AsyncRESP3Parser}
+
+
+def _kind(arm: str) -> str:
+    """The ``ListQueueBroker`` arm that ``arm`` repeats on another broker or parser."""
+    return STREAM_ARMS.get(arm) or HIREDIS_ARMS.get(arm) or arm
+
+
 def _middleware(arm: str, url: str, prefix: str) -> TaskiqMiddleware | None:
-    if arm in ("dedup_scheduled", "dedup_idempotency"):
-        return DedupMiddleware(redis_url=url, prefix=prefix)
-    if arm == "taskiq_deduplication":
+    kind = _kind(arm)
+    if kind in ("dedup_scheduled", "dedup_idempotency"):
+        return DedupMiddleware(redis_url=url, prefix=prefix, **_parser(arm))
+    if kind == "taskiq_deduplication":
         middleware: TaskiqMiddleware = RedisDeduplicationMiddleware(url, key_prefix=prefix)
         return middleware
     if arm in ("bare_1rt", "bare_2rt"):
@@ -136,8 +167,16 @@ def _middleware(arm: str, url: str, prefix: str) -> TaskiqMiddleware | None:
     return None
 
 
-def _broker(url: str, queue: str, middlewares: list[TaskiqMiddleware]) -> ListQueueBroker:
-    broker = ListQueueBroker(url, queue_name=queue).with_middlewares(*middlewares)
+def _broker(
+    arm: str, url: str, queue: str, middlewares: list[TaskiqMiddleware]
+) -> ListQueueBroker | RedisStreamBroker:
+    broker: ListQueueBroker | RedisStreamBroker
+    if arm in STREAM_ARMS:
+        # The group starts at the stream's beginning: it reads the pre-filled messages.
+        broker = RedisStreamBroker(url, queue_name=queue, consumer_id="0", **_parser(arm))
+    else:
+        broker = ListQueueBroker(url, queue_name=queue, **_parser(arm))
+    broker.with_middlewares(*middlewares)
     broker.register_task(noop, task_name=TASK_NAME)
     return broker
 
@@ -145,7 +184,7 @@ def _broker(url: str, queue: str, middlewares: list[TaskiqMiddleware]) -> ListQu
 def _message(arm: str, index: int, schedule_id: str) -> TaskiqMessage:
     raw: dict[str, Any] = (
         {IDEMPOTENCY_KEY_LABEL: f"key-{schedule_id}-{index}"}
-        if arm == "dedup_idempotency"
+        if _kind(arm) == "dedup_idempotency"
         else {SCHEDULE_ID_LABEL: schedule_id, SLOT_LABEL: 1_700_000_000 + index}
     )
     labels: dict[str, Any] = {}
@@ -165,7 +204,7 @@ def _message(arm: str, index: int, schedule_id: str) -> TaskiqMessage:
 async def prefill(arm: str, url: str, queue: str, prefix: str, tasks: int) -> None:
     """Queue ``tasks`` messages as ``kiq`` would: the arm's ``pre_send``/``post_send``."""
     sender_mw = _middleware(arm, url, prefix)
-    sender = _broker(url, queue, [sender_mw] if sender_mw else [])
+    sender = _broker(arm, url, queue, [sender_mw] if sender_mw else [])
     await sender.startup()
     schedule_id = uuid.uuid4().hex[:16]
     try:
@@ -182,7 +221,11 @@ async def prefill(arm: str, url: str, queue: str, prefix: str, tasks: int) -> No
                     await asyncio.gather(*(maybe_awaitable(sender_mw.post_send(m)) for m in batch))
                 async with client.pipeline(transaction=False) as pipe:
                     for message in batch:
-                        pipe.lpush(queue, sender.formatter.dumps(message).message)
+                        data = sender.formatter.dumps(message).message
+                        if arm in STREAM_ARMS:
+                            pipe.xadd(queue, {b"data": data})
+                        else:
+                            pipe.lpush(queue, data)
                     await pipe.execute()
     finally:
         await sender.shutdown()
@@ -214,7 +257,7 @@ async def consume(
     """
     counter = Completions(tasks)
     middleware = _middleware(arm, url, prefix)
-    broker = _broker(url, queue, [*([middleware] if middleware else []), counter])
+    broker = _broker(arm, url, queue, [*([middleware] if middleware else []), counter])
     broker.is_worker_process = True
     await broker.startup()
     receiver = Receiver(
@@ -257,7 +300,9 @@ def run(config: Config) -> Result:
         arms = {arm: functools.partial(drain, arm, server.url, tasks) for arm in ARMS}
         results = asyncio.run(interleave(arms, reps, warmup=1))
     for arm in ARMS:
-        result.add(results, arm, "tasks_per_s", "tasks/s", baseline="bare", label=LABELS[arm])
+        baseline = "bare_stream" if arm in STREAM_ARMS else "bare"
+        baseline = "bare_hiredis" if arm in HIREDIS_ARMS else baseline
+        result.add(results, arm, "tasks_per_s", "tasks/s", baseline=baseline, label=LABELS[arm])
     result.add(
         results,
         "dedup_scheduled",
@@ -275,4 +320,22 @@ def run(config: Config) -> Result:
             met=scheduled.ratio["median"] >= GOAL,
         ),
     )
+    stream = _ratio(result, "dedup_scheduled_stream")
+    peer = _ratio(result, "taskiq_deduplication_stream")
+    result.goals.append(
+        Goal(
+            text=(
+                f"RedisStreamBroker: DedupMiddleware on scheduled messages >= {STREAM_GOAL} x "
+                "bare and >= taskiq-deduplication's ratio"
+            ),
+            value=stream,
+            met=stream >= STREAM_GOAL and stream >= peer,
+        ),
+    )
     return result
+
+
+def _ratio(result: Result, arm: str) -> float:
+    row = next(r for r in result.rows if r.arm == arm)
+    assert row.ratio is not None  # noqa: S101 -- the baseline is another arm
+    return float(row.ratio["median"])

@@ -137,6 +137,8 @@ class ScriptPipeline:
         try:
             loop = asyncio.get_running_loop()
             while self._pending:
+                if loop.time() < self._next_send:  # gather until the window's end
+                    await asyncio.sleep(self._next_send - loop.time())
                 batch = [call for call in self._pending[:MAX_BATCH] if not call.future.done()]
                 del self._pending[:MAX_BATCH]
                 if not batch:  # every caller gave up while queued
