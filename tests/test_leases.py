@@ -87,4 +87,5 @@ async def test_release_frees_the_key_for_another_task_only_by_its_holder(
     assert await claim(leases, key, "t-2", "host-b:2") == Claim("running", "t-1", "host-a:1")
     assert await leases.release(key, "token-t-1")
     assert await redis.hget(key, "state") is None
-    assert await claim(leases, key, "t-2", "host-b:2") == Claim("claimed", "", "")  # a won claim names no holder
+    # a won claim names no holder
+    assert await claim(leases, key, "t-2", "host-b:2") == Claim("claimed", "", "")
