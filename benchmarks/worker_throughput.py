@@ -1,4 +1,4 @@
-"""Worker throughput: no-op tasks drained from a ``ListQueueBroker`` queue.
+"""Worker throughput: no-op tasks drained from a ``ListQueueBroker`` (and a stream) queue.
 
 20k tasks per arm, drained as 10 interleaved repetitions of 2k (the machine is
 shared: more, shorter turns pair the arms better than a few long ones). Each
@@ -23,7 +23,20 @@ Arms (every message is ``noop(i)`` with the same labels ``schedule_id`` and
   that only makes one round trip (``EVALSHA`` of ``return 1``) in
   ``pre_execute`` (and one in ``post_execute``): what one and two round trips
   per message cost on their own, with nothing decided. ``DedupMiddleware``
-  makes two per scheduled message: the claim and marking it done.
+  makes two decisions per scheduled message (the claim and marking it done),
+  sent together with other messages' decisions as one script call;
+- ``bare_hiredis`` / ``dedup_scheduled_hiredis``: ``bare`` and
+  ``dedup_scheduled`` with every client parsing replies with hiredis (every
+  other arm forces redis-py's own parser), compared with each other;
+- ``bare_stream`` / ``dedup_scheduled_stream`` / ``taskiq_deduplication_stream``:
+  the same on a ``RedisStreamBroker`` (read 100 at a time, acked one by one),
+  compared with ``bare_stream``.
+
+Script calls per message are counted by the server (``INFO commandstats``
+before and after each drain; the check ``scripts_per_task``): each is one round
+trip of the dedup middleware (or a calibration arm), below one per message when
+decisions are batched. ``taskiq-deduplication`` makes plain commands, not
+scripts: its figure reads 0 (its stream arm: taskiq-redis's own reclaim script).
 """
 
 from __future__ import annotations
@@ -45,7 +58,7 @@ from taskiq.utils import maybe_awaitable
 from taskiq_deduplication import RedisDeduplicationMiddleware
 from taskiq_redis import ListQueueBroker, RedisStreamBroker
 
-from benchmarks.harness import Config, Goal, Measurement, Result, interleave
+from benchmarks.harness import Config, Goal, Measurement, Result, interleave, summary
 from benchmarks.servers import flush, private_redis
 from taskiq_dedup import DedupMiddleware
 from taskiq_dedup.labels import IDEMPOTENCY_KEY_LABEL, SCHEDULE_ID_LABEL, SLOT_LABEL
@@ -237,8 +250,22 @@ async def drain(arm: str, url: str, tasks: int) -> Measurement:
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     queue = f"{prefix}:queue"
     await prefill(arm, url, queue, prefix, tasks)
+    before = await _commands(url)
     elapsed = await consume(arm, url, queue, prefix, tasks)
-    return {"seconds": elapsed, "tasks_per_s": tasks / elapsed}
+    sent = {name: calls - before.get(name, 0) for name, calls in (await _commands(url)).items()}
+    return {
+        "seconds": elapsed,
+        "tasks_per_s": tasks / elapsed,
+        # counted by the server (INFO commandstats): script calls while draining
+        "scripts_per_task": (sent.get("evalsha", 0) + sent.get("eval", 0)) / tasks,
+    }
+
+
+async def _commands(url: str) -> dict[str, int]:
+    """Commands the server has run so far, by name (the ``INFO`` reading itself included)."""
+    async with Redis.from_url(url) as client:
+        stats = await client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
 
 
 async def consume(
@@ -299,6 +326,10 @@ def run(config: Config) -> Result:
     with private_redis() as server:
         arms = {arm: functools.partial(drain, arm, server.url, tasks) for arm in ARMS}
         results = asyncio.run(interleave(arms, reps, warmup=1))
+    for figure in ("scripts_per_task",):
+        result.checks[figure] = {
+            arm: summary([float(m[figure]) for m in results[arm]]) for arm in ARMS
+        }
     for arm in ARMS:
         baseline = "bare_stream" if arm in STREAM_ARMS else "bare"
         baseline = "bare_hiredis" if arm in HIREDIS_ARMS else baseline

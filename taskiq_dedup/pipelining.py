@@ -69,6 +69,10 @@ class ScriptPipeline:
         self._batch_forms: dict[tuple[str, ...], AsyncScript] = {}
         self._next_send = 0.0
         """The event loop's time before which a new call waits to be batched."""
+        self._gathering = False
+        """Whether calls are concurrent: a send carried several since the last call
+        made after a quiet spell. Then a new call waits for the window. A caller
+        making one call after another (each sent alone) is never held."""
 
     async def run(
         self,
@@ -83,7 +87,7 @@ class ScriptPipeline:
         :raises TimeoutError: no reply within ``timeout`` seconds of this call.
         """
         loop = asyncio.get_running_loop()
-        if self._busy or loop.time() < self._next_send:
+        if self._busy or (self._gathering and loop.time() < self._next_send):
             future: asyncio.Future[Any] = loop.create_future()
             deadline = None if timeout is None else loop.time() + timeout
             self._pending.append(_Call(script, keys, args, future, deadline))
@@ -94,6 +98,7 @@ class ScriptPipeline:
             return await asyncio.wait_for(future, timeout)
         self._busy = True
         self._next_send = loop.time() + self.window
+        self._gathering = False  # a call after a quiet spell, or one at a time
         try:
             return await asyncio.wait_for(self._one(script, keys, args), timeout)
         finally:
@@ -137,7 +142,7 @@ class ScriptPipeline:
         try:
             loop = asyncio.get_running_loop()
             while self._pending:
-                if loop.time() < self._next_send:  # gather until the window's end
+                if self._gathering and loop.time() < self._next_send:  # gather until its end
                     await asyncio.sleep(self._next_send - loop.time())
                 batch = [call for call in self._pending[:MAX_BATCH] if not call.future.done()]
                 del self._pending[:MAX_BATCH]
@@ -145,6 +150,7 @@ class ScriptPipeline:
                     continue
                 deadlines = [call.deadline for call in batch if call.deadline is not None]
                 self._next_send = loop.time() + self.window
+                self._gathering = self._gathering or len(batch) > 1
                 try:
                     replies = await asyncio.wait_for(
                         self._send(batch),
