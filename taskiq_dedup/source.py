@@ -432,8 +432,6 @@ class CompositeScheduleSource(ScheduleSource):
         self._stats.invalid_schedules += merged.invalid
         self._stats.stale_one_offs += merged.stale
         self._schedules = merged.schedules
-        for entry in self._schedules.values():  # built here, off the path of a firing
-            self.firings.key(entry.schedule_id)
         return self._schedules
 
     async def pre_send(self, task: ScheduledTask) -> None:
