@@ -93,6 +93,7 @@ def _environment(data: dict[str, Any]) -> list[str]:
         "figure is a ratio of interleaved runs)",
         "- Versions: "
         + ", ".join(f"{name} {version}" for name, version in env["versions"].items()),
+        *(f"- Re-run: {note}" for note in data.get("notes", [])),
         "",
     ]
 
