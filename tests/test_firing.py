@@ -181,6 +181,7 @@ async def test_a_dead_senders_slot_past_the_window_is_unconfirmed_and_the_gap_mi
     await dying.confirm(first)
     dead = await dying.acquire("s1", minutely(), NOW + timedelta(minutes=1))
     assert dead is not None  # its kick may have happened; it never confirms
+    await dying.close()  # the process is gone, and with it the loop renewing its lease
     caplog.set_level(logging.INFO, logger="taskiq_dedup.firing")
     won = await later.acquire("s1", minutely(), NOW + timedelta(minutes=10))
     assert won is not None
