@@ -53,6 +53,9 @@ class Hold:
     """``time.monotonic()`` when the last successful claim or renewal was sent:
     the lease runs at least until ``renewed_at + lease``."""
     lost: bool = False
+    leased: bool = True
+    """False for a once claim (``leases``): nothing to renew, nothing to finish;
+    the hold only lets a failed run release the key."""
     also: tuple[tuple[str, int], ...] = ()
     """Further ``(key, retention_ms)`` held with the same token and lease (a
     schedule's running key, ``overlap``), renewed in the same round."""
@@ -96,7 +99,7 @@ class Holds:
 
         hold.message_ref = weakref.ref(message, gone)
         self._holds[index] = hold
-        if self._loop is None or self._loop.done():
+        if hold.leased and (self._loop is None or self._loop.done()):
             self._loop = asyncio.create_task(self._run(), name="taskiq-dedup-heartbeat")
 
     def get(self, message: TaskiqMessage) -> Hold | None:
@@ -122,13 +125,13 @@ class Holds:
             self._loop = None
 
     async def _run(self) -> None:
-        while self._holds:
+        while any(hold.leased for hold in self._holds.values()):
             await asyncio.sleep(self.period)
             await self.renew()
 
     async def renew(self) -> None:
         """One round: extend every live hold's lease, retrying until one would lapse."""
-        holds = [hold for hold in self._holds.values() if not hold.lost]
+        holds = [hold for hold in self._holds.values() if hold.leased and not hold.lost]
         if not holds:
             return
         batches = [_leases_of(hold) for hold in holds]  # ``also`` may grow during the round

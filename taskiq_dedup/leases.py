@@ -2,8 +2,13 @@
 
 A dedup key is a hash. Its ``state`` field moves free (absent) -> ``running``
 (an owner token and a lease deadline) -> ``done``; a failed run goes back to
-free. The lease deadline is a field in Redis server time rather than the key's
-own expiry, so a claim can *see* an expired lease (and count a takeover) instead
+free. A *once* claim (a firing on a broker that cannot redeliver, where a lease
+and a finish add nothing to the guarantee) moves free -> ``started`` in one
+decision: no lease, no finish; it refuses every later copy, except the holder's
+own retry, until the retention ends or a failed run releases it.
+
+The lease deadline is a field in Redis server time rather than the key's own
+expiry, so a claim can *see* an expired lease (and count a takeover) instead
 of finding the key gone. The key's expiry is the retention, refreshed by every
 claim, heartbeat and finish, so it never lapses under a live holder.
 
@@ -32,7 +37,7 @@ from redis.asyncio import Redis
 
 from taskiq_dedup.pipelining import ScriptPipeline
 
-Verdict = Literal["claimed", "takeover", "superseded", "running", "done", "other"]
+Verdict = Literal["claimed", "takeover", "superseded", "running", "started", "done", "other"]
 BindVerdict = Literal["bound", "wait", "echo"]
 WON: frozenset[Verdict] = frozenset({"claimed", "takeover", "superseded"})
 
@@ -45,11 +50,13 @@ CLAIM_SCRIPT = """
 -- ARGV[5] = generation of the message (retries + requeues)
 -- ARGV[6] = the claiming worker (host:pid), shown as holder in others' logs
 -- ARGV[7] = "1" for an idempotency key (bound to one kick's task id), else "0"
+-- ARGV[8] = "1" for a once claim: state "started", no lease and no finish to come
 -- returns {verdict, holder task id, holder worker}, or just "claimed" (was
 --   free, or already this attempt's: the reply of nearly every claim, kept
 --   short as it is parsed once per message); verdict is "takeover" (a running lease had
 --   expired), "superseded" (the running holder's own retry: same task id,
---   higher generation), "running" (a live lease), "done", or "other" (an
+--   higher generation), "running" (a live lease), "started" (a once claim),
+--   "done", or "other" (an
 --   idempotency key whose confirmed kick is another task: that task answers)
 -- For the ledger only (never read to decide): a claim sets started_at and
 -- last_worker; a refusal counts in dupes.
@@ -59,11 +66,18 @@ local h = redis.call('HMGET', KEYS[1], 'state', 'task_id', 'worker', 'lease_unti
   'owner', 'phase')
 local state, task_id, worker = h[1], h[2] or '', h[3] or ''
 local verdict = 'claimed'
-if state == 'running' and h[6] == ARGV[1] then
+if (state == 'running' or state == 'started') and h[6] == ARGV[1] then
   return 'claimed'  -- a retry of this attempt, whose reply was lost
 elseif state == 'done' then
   redis.call('HINCRBY', KEYS[1], 'dupes', 1)
   return {'done', task_id, worker}
+elseif state == 'started' then
+  if task_id == ARGV[4] and tonumber(ARGV[5]) > tonumber(h[5] or '0') then
+    verdict = 'superseded'
+  else
+    redis.call('HINCRBY', KEYS[1], 'dupes', 1)
+    return {'started', task_id, worker}
+  end
 elseif ARGV[7] == '1' and task_id ~= '' and task_id ~= ARGV[4] and h[7] ~= 'pending' then
   -- a pending binding may be a send that failed; this message exists, so it takes the key
   redis.call('HINCRBY', KEYS[1], 'dupes', 1)
@@ -79,10 +93,15 @@ elseif state == 'running' then
   end
 end
 redis.call('HSET', KEYS[1], 'state', 'running', 'owner', ARGV[1],
-  'lease_until', string.format('%.0f', now + tonumber(ARGV[2])),
   'task_id', ARGV[4], 'gen', ARGV[5], 'worker', ARGV[6],
   'started_at', string.format('%.0f', now), 'last_worker', ARGV[6])
-redis.call('HDEL', KEYS[1], 'finished_at', 'outcome')
+if ARGV[8] == '1' then
+  redis.call('HSET', KEYS[1], 'state', 'started')
+  redis.call('HDEL', KEYS[1], 'finished_at', 'outcome', 'lease_until')
+else
+  redis.call('HSET', KEYS[1], 'lease_until', string.format('%.0f', now + tonumber(ARGV[2])))
+  redis.call('HDEL', KEYS[1], 'finished_at', 'outcome')
+end
 if ARGV[7] == '1' then
   redis.call('HSET', KEYS[1], 'phase', 'sent')
   redis.call('HDEL', KEYS[1], 'pending_until')
@@ -121,7 +140,7 @@ FINISH_SCRIPT = """
 --   reply was lost: the owner is kept), 0 if this token no longer holds it
 -- (finished_at and outcome are for the ledger only)
 local h = redis.call('HMGET', KEYS[1], 'owner', 'state')
-if h[1] ~= ARGV[1] or (h[2] ~= 'running' and h[2] ~= 'done') then
+if h[1] ~= ARGV[1] or (h[2] ~= 'running' and h[2] ~= 'started' and h[2] ~= 'done') then
   return 0
 end
 local t = redis.call('TIME')
@@ -136,10 +155,11 @@ RELEASE_SCRIPT = """
 -- KEYS[1] = the dedup key
 -- ARGV[1] = owner token
 -- returns 1 if the key is free again, 0 if this token no longer holds it
+-- (running, or started by a once claim)
 -- (task_id, gen and attempts stay: an idempotency key keeps its task id;
 -- finished_at and outcome are for the ledger only)
 local h = redis.call('HMGET', KEYS[1], 'owner', 'state')
-if h[1] ~= ARGV[1] or h[2] ~= 'running' then
+if h[1] ~= ARGV[1] or (h[2] ~= 'running' and h[2] ~= 'started') then
   return 0
 end
 redis.call('HDEL', KEYS[1], 'state', 'owner', 'lease_until', 'worker')
@@ -272,15 +292,27 @@ class Leases:
         lease_ms: int,
         retention_ms: int,
         bound: bool = False,
+        once: bool = False,
     ) -> Claim:
         """Try to take ``key`` for one execution attempt.
 
         ``bound``: ``key`` is an idempotency key, answered by one kick's task id.
+        ``once``: take it as ``started``, without a lease (``lease_ms`` unused),
+        for a run whose end is not recorded (see the module docstring).
         """
         reply = await self._pipeline.run(
             self._claim,
             [key],
-            [token, lease_ms, retention_ms, task_id, generation, worker, "1" if bound else "0"],
+            [
+                token,
+                lease_ms,
+                retention_ms,
+                task_id,
+                generation,
+                worker,
+                "1" if bound else "0",
+                "1" if once else "0",
+            ],
         )
         if not isinstance(reply, list):
             return CLAIMED

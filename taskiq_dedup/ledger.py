@@ -12,7 +12,7 @@ Written only inside the scripts the claims already run (no extra round trip):
 - worker side, in each firing's run key (``KeySpace.firing``): ``started_at``,
   ``last_worker``, ``finished_at``, ``outcome`` (``ran`` / ``skipped_overlap`` /
   ``failed``) and ``dupes`` (deliveries refused as duplicates), written by ``leases``'
-  scripts.
+  scripts; a once claim's run key has ``state`` ``started`` and no end.
 
 The ledger is history, never a decision input: no script reads it to decide, and
 a lost reply or a crash may leave an entry out (docs/DESIGN.md, fault table).
@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -42,7 +42,9 @@ MISSED_RECORDED = 8
 a per-second schedule must not push every sent firing out of the log. The ERROR
 log line and the ``missed`` counter still count every missed slot."""
 
-Outcome = Literal["missed", "unconfirmed", "sent", "running", "ran", "skipped_overlap", "failed"]
+Outcome = Literal[
+    "missed", "unconfirmed", "sent", "running", "started", "ran", "skipped_overlap", "failed"
+]
 
 LEDGER_LUA = """
 local function ledger_append(key, by, unconfirmed, missed_from, slot, outcome)
@@ -98,7 +100,9 @@ class LedgerEntry:
     it, perhaps after sending it: ``worker`` and ``started_at`` show whether a
     worker took it),
     ``sent`` (in the broker, no worker has taken it, or its run record expired),
-    ``running``, ``ran``, ``skipped_overlap`` or ``failed``."""
+    ``running``, ``ran``, ``skipped_overlap`` or ``failed``; ``started``: a worker
+    took it with a once claim (a broker that cannot redeliver; ``DedupMiddleware``'s
+    ``record_finish``), which records a failure but not a success."""
     claimed_by: str
     """The scheduler attempt (``host:pid#random``) that sent the slot; for a missed
     or unconfirmed slot, the one whose claim found it so."""
@@ -168,8 +172,8 @@ def _entry(item: dict[str, object], run: list[str | None]) -> LedgerEntry:
         result = "unconfirmed"  # the run record, if any, shows whether it ran
     elif state == "done":
         result = "skipped_overlap" if outcome == "skipped_overlap" else "ran"
-    elif state == "running":
-        result = "running"
+    elif state in ("running", "started"):
+        result = cast("Outcome", state)
     elif outcome == "failed":
         result = "failed"
     return LedgerEntry(

@@ -11,7 +11,10 @@ The taskiq hooks, wiring the parts that each hold one concept:
   winner runs under a lease renewed by the process's one heartbeat loop
   (``holding``); a duplicate is rewritten into the skip task (``skip``) and
   settled within a bounded time. ``post_execute`` marks the key done;
-  ``on_error`` releases it, so a retry middleware placed *before* this one can
+  ``on_error`` releases it. A firing on a broker that cannot redeliver is
+  claimed *once* instead (``record_finish``): no lease and no finish, one script
+  per message, as nothing could deliver it again after a lease lapsed. ``on_error``
+  releases a key either way, so a retry middleware placed *before* this one can
   run it again (a retry with the holder's task id and a higher generation also
   supersedes a holder that was not released).
 - Every Redis operation has a deadline on the whole operation, retries
@@ -159,6 +162,13 @@ class DedupMiddleware(TaskiqMiddleware):
       installed, ``False`` not at all, or a ``CollectorRegistry``.
     - ``overlap``: the overlap policy of schedules without a ``dedup_overlap``
       label: ``"allow"`` (default), ``"skip"`` or ``"buffer_one"`` (``overlap``).
+    - ``record_finish``: whether a firing's finished run is marked done, one
+      more script call per message. Default (``None``): where the guarantee
+      needs it, on brokers that redeliver (a redelivery after a lapsed lease
+      must find the run done). On brokers that cannot redeliver, a firing is
+      claimed once (no lease, no finish) and its run record reads ``started``;
+      a failed run is still released for a retry. Idempotency keys and firings
+      under an overlap policy always use a lease and a finish.
     - ``min_replicas``: claims, done marks, releases and idempotency bindings
       wait for that many replicas (``replication``); fewer in time is handled
       as a Redis error (``on_redis_error``). Default 0: off.
@@ -183,6 +193,7 @@ class DedupMiddleware(TaskiqMiddleware):
         metrics: MetricsOption = True,
         overlap: OverlapPolicy = "allow",
         min_replicas: int = 0,
+        record_finish: bool | None = None,
         **connection_kwargs: Any,  # noqa: ANN401 -- forwarded to redis-py
     ) -> None:
         super().__init__()
@@ -207,10 +218,11 @@ class DedupMiddleware(TaskiqMiddleware):
                     f"idempotency_ttl ({idempotency_ttl}s)"
                 ),
             )
-        if rerun_lost is not None and not isinstance(rerun_lost, bool):
-            raise ConfigurationError(
-                detail=f"rerun_lost must be True, False or None, got {rerun_lost!r}",
-            )
+        for name, flag in (("rerun_lost", rerun_lost), ("record_finish", record_finish)):
+            if flag is not None and not isinstance(flag, bool):
+                raise ConfigurationError(
+                    detail=f"{name} must be True, False or None, got {flag!r}",
+                )
         if on_redis_error not in get_args(OnRedisError):
             raise ConfigurationError(
                 detail=(
@@ -232,6 +244,8 @@ class DedupMiddleware(TaskiqMiddleware):
         self.on_redis_error: OnRedisError = on_redis_error
         self.clock = clock
         self._rerun_lost = rerun_lost
+        self._record_finish = record_finish
+        self._once = record_finish is False  # for None, set_broker decides by broker kind
         self.min_replicas = check_min_replicas(min_replicas)
         self._leases = Leases(self.redis, min_replicas=self.min_replicas)
         self._binder = Binder(
@@ -289,10 +303,10 @@ class DedupMiddleware(TaskiqMiddleware):
             )
         skip.register(broker)
         super().set_broker(broker)
+        redelivers = not broker_checks.is_kind(broker, broker_checks.NO_REDELIVERY_BROKERS)
         if self._rerun_lost is None:
-            self._binder.rerun_lost = broker_checks.is_kind(
-                broker, broker_checks.NO_REDELIVERY_BROKERS
-            )
+            self._binder.rerun_lost = not redelivers
+        self._once = not (redelivers if self._record_finish is None else self._record_finish)
 
     async def startup(self) -> None:
         """Check the Redis server and the broker once; name unmatchable schedules.
@@ -416,6 +430,7 @@ class DedupMiddleware(TaskiqMiddleware):
         key, retention_ms, bound = keyed
         token = os.urandom(TOKEN_BYTES).hex()
         attempt = generation(message)
+        once = self._once and not bound and not self._overlap.applies(message)
         try:
             claim = await within(
                 self.deadline,
@@ -428,6 +443,7 @@ class DedupMiddleware(TaskiqMiddleware):
                     lease_ms=self.lease_ms,
                     retention_ms=retention_ms,
                     bound=bound,
+                    once=once,
                 ),
             )
         except REDIS_ERRORS as exc:
@@ -437,7 +453,7 @@ class DedupMiddleware(TaskiqMiddleware):
                 return message
             return skip.skip(message, "unavailable")
         if claim.won:
-            self._holds.add(message, Hold(key, token, retention_ms, attempt))
+            self._holds.add(message, Hold(key, token, retention_ms, attempt, leased=not once))
             if claim.verdict == "takeover":
                 self._count("lease_takeovers")
                 logger.info(
@@ -476,7 +492,7 @@ class DedupMiddleware(TaskiqMiddleware):
 
     def _drop(self, message: TaskiqMessage, key: str, claim: Claim) -> TaskiqMessage:
         deferred = claim.verdict == "running" and claim.holder_task_id == message.task_id
-        counter: Counter = "dropped_done"
+        counter: Counter = "dropped_done"  # also "started": that run was taken
         if claim.verdict == "running":
             counter = "dropped_running"
         elif claim.verdict == "other":
@@ -514,8 +530,8 @@ class DedupMiddleware(TaskiqMiddleware):
     async def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
         """Mark the key of a finished run done."""
         hold = self._holds.pop(message)
-        if hold is None:
-            return
+        if hold is None or not hold.leased:
+            return  # a once claim: nothing to finish
         try:
             finished = await within(
                 self.deadline,

@@ -43,9 +43,12 @@ def broker() -> InMemoryBroker:
 
 @pytest.fixture
 async def worker(redis: Redis, prefix: str) -> AsyncIterator[InMemoryBroker]:
-    """A worker whose DedupMiddleware executes each firing it is handed once."""
+    """A worker whose DedupMiddleware executes each firing it is handed once.
+
+    It records each run's end (``record_finish``), as on a broker that redelivers.
+    """
     broker = InMemoryBroker(await_inplace=True)
-    broker.add_middlewares(DedupMiddleware(redis=redis, prefix=prefix))
+    broker.add_middlewares(DedupMiddleware(redis=redis, prefix=prefix, record_finish=True))
 
     @broker.task(task_name="app:tick")
     async def tick(n: int) -> int:
@@ -257,6 +260,40 @@ async def test_a_failed_run_and_a_retry_show_in_the_run_record(redis: Redis, pre
     [ran] = await history(redis, keys, "job")
     assert ran.outcome == "ran"
     assert ran.duplicates_dropped == 0
+
+
+async def test_a_once_claimed_run_shows_started_and_a_failure_failed(
+    redis: Redis, prefix: str
+) -> None:
+    """On a broker that cannot redeliver the run's end is not recorded, a failure is."""
+    keys = KeySpace(prefix)
+    claims = FiringClaims(redis, "a")
+    for slot in (60, 120):
+        await claims.claim(keys.firings("job"), "a#1", [slot], TTL_MS)
+        await claims.confirm(keys.firings("job"), "a#1", slot, TTL_MS)
+    broker = InMemoryBroker()
+    middleware = DedupMiddleware(redis=redis, prefix=prefix)
+    middleware.set_broker(broker)
+    messages = [
+        TaskiqMessage(
+            task_id=f"t-{slot}",
+            task_name="job",
+            labels={"schedule_id": "job", "dedup_slot": slot},
+            args=[],
+            kwargs={},
+        )
+        for slot in (60, 120)
+    ]
+    for message in messages:
+        assert await middleware.pre_execute(message) is message
+    await middleware.post_execute(messages[0], None)  # type: ignore[arg-type]
+    await middleware.on_error(messages[1], None, RuntimeError("boom"))  # type: ignore[arg-type]
+    started, failed = await history(redis, keys, "job")
+    assert (started.slot, started.outcome, started.finished_at) == (60, "started", None)
+    assert started.worker is not None
+    assert started.started_at is not None
+    assert (failed.slot, failed.outcome) == (120, "failed")
+    assert failed.finished_at is not None
 
 
 async def test_run_records_are_read_under_the_public_id_the_messages_carry(

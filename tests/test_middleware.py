@@ -150,6 +150,8 @@ async def reclaim(redis: Redis, stream: str) -> list[tuple[bytes, dict[bytes, by
         {"idempotency_ttl": -5},
         {"done_ttl": 10, "lease_ttl": 10},
         {"on_redis_error": "maybe"},
+        {"record_finish": "yes"},
+        {"rerun_lost": 1},
         {"prefix": ""},
         {"prefix": "a b"},
         {"prefix": "p*"},
@@ -281,7 +283,7 @@ async def test_second_copy_of_a_firing_is_dropped_quietly(
     [line] = infos(caplog)
     assert key in line
     assert first.task_id in line  # the holder
-    assert "done" in line
+    assert "started" in line  # a list queue cannot redeliver: claimed once, never finished
     [record] = [r for r in caplog.records if r.getMessage() == line]
     fields = {name: getattr(record, name) for name in FIELDS}
     assert fields == {
@@ -414,7 +416,9 @@ async def test_heartbeat_keeps_a_task_longer_than_its_lease(
     # Renewed every second: the event loop may stall up to 2 s (a loaded CI
     # machine) before the outcome changes.
     lease_ttl = 3.0
-    middleware = DedupMiddleware(redis=redis, prefix=prefix, lease_ttl=lease_ttl)
+    middleware = DedupMiddleware(
+        redis=redis, prefix=prefix, lease_ttl=lease_ttl, record_finish=True
+    )  # a lease, also on a list queue
     broker = brokers.queue(middleware)
     started, release = asyncio.Event(), asyncio.Event()
 
@@ -479,7 +483,7 @@ async def test_lapsed_lease_of_a_dead_worker_is_taken_over(
     assert calls == ["x"]
     assert heir.stats == DedupStats(executed=1, lease_takeovers=1)
     assert await redis.hget(key, "attempts") == b"2"
-    assert await redis.hget(key, "state") == b"done"
+    assert await redis.hget(key, "state") == b"started"  # the heir's list queue: a once claim
     assert any("Took over" in line and "t-1" in line for line in infos(caplog))
 
 
@@ -508,15 +512,136 @@ async def test_stalled_holder_loses_its_lease(redis: Redis, prefix: str) -> None
     assert await redis.hget(key, "state") == b"done"
 
 
+# ---------------------------------------------------------- once claims
+
+
+async def script_calls(redis: Redis) -> int:
+    """Scripts the server has run so far (``INFO commandstats``)."""
+    stats = await redis.info("commandstats")
+    return sum(
+        int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval")
+    )
+
+
+@pytest.mark.parametrize(
+    "case",
+    [("queue", None, 1), ("queue", True, 2), ("stream", None, 2), ("stream", False, 1)],
+    ids=["list-once", "list-recorded", "stream-leased", "stream-once"],
+)
+async def test_script_calls_per_firing_are_the_minimum_of_the_broker_kind(
+    brokers: Brokers, redis: Redis, prefix: str, case: tuple[str, bool | None, int]
+) -> None:
+    """One decision where nothing can redeliver (a once claim), two where it can."""
+    kind, record_finish, per_message = case
+    middleware = DedupMiddleware(redis=redis, prefix=prefix, record_finish=record_finish)
+    broker = brokers.queue(middleware) if kind == "queue" else brokers.stream(middleware)
+    calls: list[Any] = []
+    task = broker.register_task(recorder(calls), task_name="report")
+    receiver = DedupReceiver(broker, max_async_tasks=10)
+    await broker.startup()
+    await task.kicker().with_labels(**firing(slot=0)).kiq(0)
+    await deliver(broker, receiver)  # loads the scripts
+    before = await script_calls(redis)
+    for slot in range(1, 6):
+        await task.kicker().with_labels(**firing(slot=slot)).kiq(slot)
+        await deliver(broker, receiver)  # one at a time: nothing to batch
+    assert await script_calls(redis) - before == 5 * per_message
+    assert calls == list(range(6))
+    state = b"started" if per_message == 1 else b"done"
+    assert await redis.hget(KeySpace(prefix).firing("nightly", 5), "state") == state
+
+
+async def test_a_copy_of_a_once_claimed_firing_is_dropped_not_pushed_back(
+    brokers: Brokers, redis: Redis, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A takeover's copy carries the holder's task id: no lease to wait for, so dropped."""
+    caplog.set_level(logging.INFO)
+    middleware = DedupMiddleware(redis=redis, prefix=prefix)
+    broker = brokers.queue(middleware)
+    started, release = asyncio.Event(), asyncio.Event()
+    calls: list[str] = []
+
+    async def long_job(value: str) -> str:
+        started.set()
+        await release.wait()
+        calls.append(value)
+        return value
+
+    broker.register_task(long_job, task_name="long_job")
+    await broker.startup()
+    message = TaskiqMessage(
+        task_id="same", task_name="long_job", labels=firing(), args=["x"], kwargs={}
+    )
+    await broker.kick(broker.formatter.dumps(message))
+    await broker.kick(broker.formatter.dumps(message))
+    receiver = DedupReceiver(broker, max_async_tasks=10)
+    messages = broker.listen()
+    running = asyncio.create_task(receiver.callback(await anext(messages)))
+    await asyncio.wait_for(started.wait(), 5)
+    await receiver.callback(await anext(messages))  # the copy, while the first runs
+    await messages.aclose()
+    assert await redis.llen(f"{prefix}:queue") == 0  # not pushed back
+    release.set()
+    await asyncio.wait_for(running, 5)
+    assert calls == ["x"]
+    assert middleware.stats == DedupStats(executed=1, dropped_done=1)
+    assert any("is started, held by task same" in line for line in infos(caplog))
+    assert middleware.held == 0
+
+
+async def test_a_once_claimed_firing_of_a_dead_worker_is_not_run_again(
+    redis: Redis, prefix: str
+) -> None:
+    """A list queue lost the message with the worker; a later copy is dropped: at most once."""
+    dead = DedupMiddleware(redis=redis, prefix=prefix, lease_ttl=0.2)
+    dead.set_broker(InMemoryBroker())
+    message = TaskiqMessage(task_id="t-1", task_name="job", labels=firing(), args=[], kwargs={})
+    assert await dead.pre_execute(message) is message
+    assert dead._holds._loop is None  # nothing to renew
+    del message
+    gc.collect()
+    assert dead.held == 0
+    key = KeySpace(prefix).firing("nightly", 1_700_000_000)
+    await asyncio.sleep(0.4)  # twice the lease_ttl: a lease would have lapsed
+    heir = DedupMiddleware(redis=redis, prefix=prefix)
+    heir.set_broker(InMemoryBroker())
+    copy = TaskiqMessage(task_id="t-1", task_name="job", labels=firing(), args=[], kwargs={})
+    assert skip.is_skip(await heir.pre_execute(copy))
+    assert heir.stats == DedupStats(dropped_done=1)
+    assert await redis.hget(key, "state") == b"started"
+    assert await redis.pttl(key) > 23 * 3600 * 1000  # kept for done_ttl
+
+
+async def test_a_lost_once_claim_reply_is_recognised_on_retry(redis: Redis, prefix: str) -> None:
+    attempt = uuid.uuid4().hex
+    middleware = DedupMiddleware(redis=redis, prefix=prefix, record_finish=False)
+    key = KeySpace(prefix).firing("nightly", 1)
+    for _ in range(2):  # the first reply is lost: the same attempt asks again
+        claim = await middleware._leases.claim(
+            key,
+            token=attempt,
+            task_id="t-1",
+            generation=0,
+            worker="w",
+            lease_ms=1000,
+            retention_ms=60_000,
+            once=True,
+        )
+        assert claim.won
+    assert await redis.hmget(key, "state", "attempts", "lease_until") == [b"started", b"1", None]
+
+
 # -------------------------------------------------------------- retries
 
 
 @pytest.mark.parametrize("dedup_last", [True, False], ids=["dedup-last", "dedup-first"])
 @pytest.mark.parametrize("retry_cls", [SimpleRetryMiddleware, SmartRetryMiddleware])
+@pytest.mark.parametrize("record_finish", [None, True], ids=["once", "leased"])
 async def test_failed_firing_is_retried_to_success_once(
-    redis: Redis, prefix: str, dedup_last: bool, retry_cls: type[Any]
+    redis: Redis, prefix: str, dedup_last: bool, retry_cls: type[Any], record_finish: bool | None
 ) -> None:
-    middleware = DedupMiddleware(redis=redis, prefix=prefix)
+    """On an ``InMemoryBroker`` a firing is claimed once by default, else leased."""
+    middleware = DedupMiddleware(redis=redis, prefix=prefix, record_finish=record_finish)
     retry = (
         retry_cls(default_retry_count=3)
         if retry_cls is SimpleRetryMiddleware
@@ -544,12 +669,16 @@ async def test_failed_firing_is_retried_to_success_once(
     assert attempts == [1, 2]
     assert middleware.stats == DedupStats(executed=2)
     key = KeySpace(prefix).firing("nightly", 1_700_000_000)
-    assert await redis.hget(key, "state") == b"done"
+    assert await redis.hget(key, "state") == (b"done" if record_finish else b"started")
+    assert await redis.hget(key, "attempts") == b"2"
 
 
-async def test_retry_supersedes_its_failed_holder(redis: Redis, prefix: str) -> None:
+@pytest.mark.parametrize("record_finish", [True, False], ids=["leased", "once"])
+async def test_retry_supersedes_its_failed_holder(
+    redis: Redis, prefix: str, record_finish: bool
+) -> None:
     """The retry may arrive before the failed run released the key (middleware order)."""
-    middleware = DedupMiddleware(redis=redis, prefix=prefix)
+    middleware = DedupMiddleware(redis=redis, prefix=prefix, record_finish=record_finish)
     failed = TaskiqMessage(task_id="t-1", task_name="job", labels=firing(), args=[], kwargs={})
     await middleware.pre_execute(failed)
     retry = failed.model_copy(update={"labels": {**failed.labels, "_retries": "1"}})
@@ -563,10 +692,13 @@ async def test_retry_supersedes_its_failed_holder(redis: Redis, prefix: str) -> 
     assert await redis.hget(key, "gen") == b"1"
     # The failed run's release comes late and leaves the retry's claim alone.
     await middleware.on_error(failed, None, RuntimeError("boom"))  # type: ignore[arg-type]
-    assert await redis.hget(key, "state") == b"running"
+    held = b"running" if record_finish else b"started"
+    assert await redis.hget(key, "state") == held
     await middleware.post_execute(retry, None)  # type: ignore[arg-type]
-    assert await redis.hget(key, "state") == b"done"
-    assert middleware.stats == DedupStats(executed=2, dropped_running=2)
+    assert await redis.hget(key, "state") == (b"done" if record_finish else b"started")
+    # a once claim's copies are counted with the finished ones: that run was taken
+    dropped = {"dropped_running": 2} if record_finish else {"dropped_done": 2}
+    assert middleware.stats == DedupStats(executed=2, **dropped)
 
 
 async def test_requeued_task_runs_again(redis: Redis, prefix: str) -> None:

@@ -678,7 +678,8 @@ async def test_copy_of_a_running_holders_task_is_settled_on_an_acking_broker(
 ) -> None:
     monkeypatch.setattr(skip, "REQUEUE_DELAY", 0.01)
     queue = f"{prefix}:acking"
-    middleware = DedupMiddleware(redis=redis, prefix=prefix)
+    # stands for an acking broker that redelivers (AMQP): leased, as there
+    middleware = DedupMiddleware(redis=redis, prefix=prefix, record_finish=True)
     broker = AckingQueue(redis_url, queue_name=queue).with_middlewares(middleware)
     started, release = asyncio.Event(), asyncio.Event()
     calls: list[str] = []

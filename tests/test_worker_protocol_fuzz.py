@@ -328,3 +328,98 @@ def test_worker_protocol_under_faults(redis_url: str, redelivers: bool) -> None:
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+class OnceFirings(WorkerProtocol):
+    """Firings on a broker that cannot redeliver: once claims, no lease, no finish.
+
+    A firing's copies share its task id (a scheduler's takeover re-sends it) or not
+    (another sender's copy); a failed run releases its key and is retried with the
+    same task id. Checked: at most one live and one finished execution per key, a
+    copy is never deferred (pushed back while a holder runs), and once the queue
+    is drained every firing whose worker did not die ran to its end once.
+    """
+
+    redelivers = False
+
+    def key(self, name: str) -> str:
+        return self.space.firing(name, 60)
+
+    @rule(name=st.sampled_from(KEYS), same_task=st.booleans())
+    def kick(self, name: str, same_task: bool) -> None:  # type: ignore[override]
+        key = self.key(name)
+        self.kicked.add(name)
+        task_id = f"firing-{name}" if same_task else uuid.uuid4().hex
+        self.queue.append((key, task_id))
+        self.sent.add(task_id)
+
+    @precondition(lambda self: bool(self.queue))
+    @rule(data=st.data(), lose=st.booleans())
+    def deliver(self, data: st.DataObject, lose: bool) -> None:
+        if not self.queue:
+            return
+        message = self.queue.pop(data.draw(st.integers(0, len(self.queue) - 1)))
+        self._claim_once(message, lose)
+
+    def _claim_once(self, message: tuple[str, str], lose: bool) -> None:
+        key, task_id = message
+        token = uuid.uuid4().hex
+
+        async def claim() -> str:
+            outcome = await self.leases.claim(
+                key,
+                token=token,
+                task_id=task_id,
+                generation=0,
+                worker="fuzz",
+                lease_ms=LEASE_MS,
+                retention_ms=RETENTION_MS,
+                once=True,
+            )
+            return outcome.verdict
+
+        if lose:
+            self.run(claim())  # ran; the reply never arrived
+        verdict = self.run(claim())
+        assert verdict != "running", f"{key}: a once-claimed key was found leased"
+        if verdict in {"claimed", "takeover", "superseded"}:
+            self.holders.append(Holder(key, token, task_id, message))
+
+    @precondition(lambda self: bool(self.holders))
+    @rule(data=st.data())
+    def finish(self, data: st.DataObject, lose: bool = False) -> None:  # type: ignore[override]
+        """The task returned: nothing is written (no finish call)."""
+        if not self.holders:
+            return
+        holder = self.holders.pop(data.draw(st.integers(0, len(self.holders) - 1)))
+        self.finished[holder.key].append(holder.task_id)
+
+    def _check_nothing_stuck(self) -> None:
+        died = {h.key for h in self.gone if h not in self.holders}  # their runs are lost
+        for holder in list(self.holders):  # live (and stalled) workers finish
+            self.finished[holder.key].append(holder.task_id)
+        self.holders.clear()
+        self.time_passes()  # writes lease deadlines into the past: a started key ignores them
+        while self.queue:
+            self._claim_once(self.queue.pop(0), lose=False)
+            for holder in list(self.holders):
+                self.finished[holder.key].append(holder.task_id)
+            self.holders.clear()
+        self.at_most_one_finished_execution_per_key()
+        for name in self.kicked:  # a failed run's release let its retry run
+            key = self.key(name)
+            if key not in died:
+                assert len(self.finished[key]) == 1, f"{key} never ran to its end"
+
+
+def test_once_claimed_firings_under_faults(redis_url: str) -> None:
+    run_state_machine_as_test(
+        type("OnceFirings_list", (OnceFirings,), {"redis_url": redis_url}),
+        settings=settings(
+            max_examples=40,
+            stateful_step_count=25,
+            deadline=None,
+            derandomize=True,  # seeded: the same runs every time
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
