@@ -550,7 +550,10 @@ async def test_a_password_in_the_url_is_never_logged_in_process(
         )
         for url in (good_url, wrong_url)
     ]
-    middlewares = [DedupMiddleware(redis_url=url, prefix=prefix) for url in (good_url, wrong_url)]
+    middlewares = [
+        DedupMiddleware(redis_url=url, prefix=prefix, redis_deadline=0.5)
+        for url in (good_url, wrong_url)
+    ]
     message = _message({SCHEDULE_ID_LABEL: "s", SLOT_LABEL: "60"})
     try:
         for round_ in ("up", "down"):
