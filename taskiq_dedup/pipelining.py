@@ -177,7 +177,7 @@ class ScriptPipeline:
             if call.deadline is None or call.future.done():
                 continue
             if call.deadline <= now:
-                call.future.set_exception(TimeoutError())
+                call.future.set_exception(asyncio.TimeoutError())  # as wait_for raised it
             elif following is None or call.deadline < following:
                 following = call.deadline
         if following is not None:
