@@ -276,6 +276,19 @@ class Claim:
         return self.verdict in ("won", "takeover")
 
 
+@dataclass(frozen=True)
+class Confirm:
+    """The arguments of one ``FiringClaims.confirm``, for ``confirm_many``."""
+
+    key: str
+    attempt: str
+    slot: int
+    ttl_ms: int
+    takeover: bool = False
+    missed: Sequence[int] = ()
+    unconfirmed: int | None = None
+
+
 class ClaimDeadlineError(RedisError):
     """A claim could not be decided before its deadline (Redis down or hung)."""
 
@@ -303,7 +316,7 @@ class FiringClaims:
         self._confirm = redis.register_script(CONFIRM_SCRIPT)
         self._release = redis.register_script(RELEASE_SCRIPT)
         self._renew = redis.register_script(RENEW_SCRIPT)
-        self._pipeline = ScriptPipeline(redis, min_replicas=min_replicas)
+        self._pipeline = ScriptPipeline(redis, min_replicas=min_replicas, same_turn=True)
 
     def new_attempt(self) -> str:
         """Return a token for one firing attempt: this scheduler's name and a random part."""
@@ -367,6 +380,33 @@ class FiringClaims:
         args: list[object] = [attempt, slot, ttl_ms, "1" if takeover else "0", unconfirmed or ""]
         return bool(await self._call(self._confirm, key, [*args, *missed_for_ledger(missed)]))
 
+    async def confirm_many(self, confirms: Sequence[Confirm]) -> list[bool | BaseException]:
+        """``confirm`` each of ``confirms`` in one group of calls; each one's outcome, in order.
+
+        Each is its own ``CONFIRM_SCRIPT`` call (one atomic decision per key), sent
+        together; one failing (after retrying transient errors for ``retry_window``,
+        as ``confirm``) leaves the others standing: its error is returned in its place.
+        """
+        calls: list[tuple[AsyncScript, str, list[object]]] = [
+            (
+                self._confirm,
+                c.key,
+                [
+                    c.attempt,
+                    c.slot,
+                    c.ttl_ms,
+                    "1" if c.takeover else "0",
+                    c.unconfirmed or "",
+                    *missed_for_ledger(c.missed),
+                ],
+            )
+            for c in confirms
+        ]
+        return [
+            reply if isinstance(reply, BaseException) else bool(reply)
+            for reply in await self._call_many(calls)
+        ]
+
     async def release(
         self,
         key: str,
@@ -409,6 +449,50 @@ class FiringClaims:
                 logger.debug("Claim call on %s failed (%s); retrying in %.1fs", key, exc, delay)
                 await asyncio.sleep(delay)
                 delay *= 2
+
+    async def _call_many(self, calls: Sequence[tuple[AsyncScript, str, list[object]]]) -> list[Any]:
+        """Run script calls together, retrying the transient errors as ``_call`` does.
+
+        Returns each call's reply, or its error once retrying is over (a
+        ``ResponseError`` or ``ReplicasMissingError`` at once, as ``_call``).
+        """
+        deadline = time.monotonic() + self.retry_window
+        delay = CLAIM_RETRY_FIRST_DELAY
+        replies: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        while True:
+            left = max(deadline - time.monotonic(), MIN_CALL_TIMEOUT)
+            batch = [(calls[i][0], [calls[i][1]], calls[i][2]) for i in todo]
+            try:
+                got: list[Any] = await self._pipeline.run_many(batch, timeout=left)
+            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                got = [exc] * len(todo)
+            retry = []
+            for index, reply in zip(todo, got, strict=True):
+                replies[index] = reply
+                if _transient(reply):
+                    retry.append(index)
+            if not retry:
+                return replies
+            if time.monotonic() + delay > deadline:
+                for index in retry:
+                    error = replies[index]
+                    if not isinstance(error, RedisError):
+                        replies[index] = ClaimDeadlineError(
+                            f"no reply within {self.retry_window}s ({type(error).__name__})",
+                        )
+                return replies
+            logger.debug("%d claim calls failed; retrying in %.1fs", len(retry), delay)
+            await asyncio.sleep(delay)
+            delay *= 2
+            todo = retry
+
+
+def _transient(reply: object) -> bool:
+    """Whether a call's error is worth retrying (as ``FiringClaims._call`` decides)."""
+    return isinstance(reply, (RedisError, OSError, asyncio.TimeoutError)) and not isinstance(
+        reply, (ResponseError, ReplicasMissingError)
+    )
 
 
 def _text(value: object) -> str:

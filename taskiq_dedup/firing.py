@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-from taskiq_dedup.claims import PENDING_LEASE, Claim, FiringClaims
+from taskiq_dedup.claims import PENDING_LEASE, Claim, Confirm, FiringClaims
 from taskiq_dedup.histograms import CLAIM_SECONDS_BUCKETS, LATENESS_SECONDS_BUCKETS, Histogram
 from taskiq_dedup.log_fields import decision
 from taskiq_dedup.triggers import OneOffTrigger, SlotTrigger, Trigger, epoch_seconds
@@ -88,6 +88,15 @@ runs from when it is made, the wait behind earlier calls included, so 10k claims
 made at once by a burst would spend it queued behind one another (and behind the
 process's own sends) and fail with Redis healthy. 1000 is one pipelined round trip
 (``pipelining.MAX_BATCH``): the next batch is queued while one is on the wire."""
+
+CONFIRM_HOLD = 0.1
+"""Seconds a confirm waits at most for this process's other won sends still in
+flight, so that one tick's confirms go to Redis together, once its last kick is in
+the broker (or the hold is over): one call for the tick's confirms, made after its
+kicks instead of between them. A healthy broker takes a tick's kicks well within
+it; a slow or hung send holds the others' confirms no longer than this, and every
+held claim's lease is renewed meanwhile. Only the confirm waits: the firing is in
+the broker already."""
 
 MAX_KNOWN_CURSORS = 100_000
 """Schedules whose last seen cursor this process keeps (``FiringCoordinator``): one
@@ -245,6 +254,12 @@ class FiringCoordinator:
         """Won claims not yet confirmed or released, by token, with when they were won
         (``time.monotonic``): the renewal loop keeps their leases live."""
         self._renewer: asyncio.Task[None] | None = None
+        self._to_confirm: list[tuple[Attempt, asyncio.Future[bool]]] = []
+        """Confirms asked for and not yet sent (``CONFIRM_HOLD``), with their outcomes."""
+        self._confirming = 0
+        """Held claims whose confirm is asked for and not yet decided."""
+        self._confirm_timer: asyncio.TimerHandle | None = None
+        self._confirm_sends: set[asyncio.Task[None]] = set()
         self._waiting = 0
         self._in_flight = _Turns(MAX_CLAIMS_IN_FLIGHT)
         """Acquires of this coordinator now waiting for another sender's pending claim."""
@@ -471,23 +486,25 @@ class FiringCoordinator:
     async def confirm(self, attempt: Attempt) -> None:
         """Record that the broker took ``attempt``'s firing.
 
+        The confirm is sent with the others of this process once none of its won
+        sends is still in flight, or after ``CONFIRM_HOLD`` (one call for a tick's
+        confirms, after its kicks); it returns when the confirm is decided.
+
         :raises RedisError: Redis failed for the whole retry window; the pending
             claim then lapses and another scheduler may send a second copy, which
             the worker guard drops.
         """
         self.stats.confirmed += 1
         self.histograms["lateness_seconds"].observe(max(0.0, time.time() - attempt.slot))
+        decided: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._to_confirm.append((attempt, decided))
+        counted = attempt.token in self._held
+        self._confirming += counted
+        self._confirm_when_sent()
         try:
-            confirmed = await self.claims.confirm(
-                attempt.key,
-                attempt.token,
-                attempt.slot,
-                attempt.ttl_ms,
-                takeover=attempt.takeover,
-                missed=attempt.missed,
-                unconfirmed=attempt.unconfirmed,
-            )
+            confirmed = await decided
         finally:  # renewed until the confirm is decided: its lease must not lapse meanwhile
+            self._confirming -= counted
             self._held.pop(attempt.token, None)
         self._saw_cursor(attempt.key, attempt.slot)  # moved forward either way
         if not confirmed:
@@ -499,10 +516,62 @@ class FiringCoordinator:
                 extra=attempt.log_fields(),
             )
 
+    def _confirm_when_sent(self) -> None:
+        """Send the confirms asked for once no other won send is in flight, or after the hold."""
+        if not self._to_confirm:
+            return
+        if len(self._held) <= self._confirming:  # every held claim awaits its confirm
+            self._send_confirms()
+        elif self._confirm_timer is None:
+            loop = asyncio.get_running_loop()
+            self._confirm_timer = loop.call_later(CONFIRM_HOLD, self._send_confirms)
+
+    def _send_confirms(self) -> None:
+        if self._confirm_timer is not None:
+            self._confirm_timer.cancel()
+            self._confirm_timer = None
+        batch, self._to_confirm = self._to_confirm, []
+        if batch:
+            sending = asyncio.get_running_loop().create_task(self._confirm_batch(batch))
+            self._confirm_sends.add(sending)
+            sending.add_done_callback(self._confirm_sends.discard)
+
+    async def _confirm_batch(self, batch: list[tuple[Attempt, asyncio.Future[bool]]]) -> None:
+        """Confirm ``batch`` in one group of script calls; hand each outcome to its caller."""
+        outcomes: list[bool | BaseException]
+        try:
+            outcomes = await self.claims.confirm_many(
+                [
+                    Confirm(
+                        key=attempt.key,
+                        attempt=attempt.token,
+                        slot=attempt.slot,
+                        ttl_ms=attempt.ttl_ms,
+                        takeover=attempt.takeover,
+                        missed=attempt.missed,
+                        unconfirmed=attempt.unconfirmed,
+                    )
+                    for attempt, _ in batch
+                ],
+            )
+        except BaseException as exc:  # cancelled (close), or a bug: every caller learns it
+            for _, decided in batch:
+                if not decided.done():
+                    decided.set_exception(exc)
+            raise
+        for (_, decided), outcome in zip(batch, outcomes, strict=True):
+            if decided.done():  # its caller was cancelled; the confirm was sent all the same
+                continue
+            if isinstance(outcome, BaseException):
+                decided.set_exception(outcome)
+            else:
+                decided.set_result(outcome)
+
     async def release(self, attempt: Attempt) -> None:
         """Give up ``attempt`` after its send failed, so another sender takes the slot."""
         self.stats.send_failures += 1
         self._held.pop(attempt.token, None)  # a failed release lapses on its own
+        self._confirm_when_sent()  # one send fewer in flight
         await self.claims.release(
             attempt.key, attempt.token, missed=attempt.missed, unconfirmed=attempt.unconfirmed
         )
@@ -558,7 +627,12 @@ class FiringCoordinator:
                 self.stats.renewals += reply is True
 
     async def close(self) -> None:
-        """Stop renewing (at shutdown): the claims still held lapse or are released."""
+        """Stop renewing (at shutdown): the claims still held lapse or are released.
+
+        Confirms asked for are sent first (their firings are in the broker).
+        """
+        self._send_confirms()
+        await asyncio.gather(*self._confirm_sends, return_exceptions=True)
         self._held.clear()
         if self._renewer is not None:
             self._renewer.cancel()

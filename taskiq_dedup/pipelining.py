@@ -30,6 +30,8 @@ from taskiq_dedup.cluster_batches import send_per_node
 from taskiq_dedup.replication import Call, run_replicated
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from redis.asyncio.client import Pipeline
     from redis.asyncio.cluster import RedisCluster
     from redis.commands.core import AsyncScript
@@ -56,18 +58,34 @@ class ScriptPipeline:
     together as one pipeline (one per node on a Cluster client). ``min_replicas``:
     each call also waits for that many replicas. ``window``: seconds a call
     made soon after a send waits to be batched with others (0: never waits).
+    ``same_turn``: a call made while nothing is on the wire is not sent at once but
+    after the event loop's current turn, with every call made in that turn: the
+    decisions of one scheduler tick (all made before the tick's first await) then
+    share one round trip instead of two (the first alone, the rest after it). A
+    call made alone is held for no time, only until the loop's next turn.
     """
 
-    def __init__(self, redis: Redis, *, min_replicas: int = 0, window: float = 0.0) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        min_replicas: int = 0,
+        window: float = 0.0,
+        same_turn: bool = False,
+    ) -> None:
         self._redis = redis
         self.min_replicas = min_replicas
         self.window = window
+        self.same_turn = same_turn
         self._pending: list[_Call] = []
         self._busy = False
         self._sender: asyncio.Task[None] | None = None
         self._pipe: Pipeline | None = None
         self._batch_forms: dict[tuple[str, ...], AsyncScript] = {}
         self._next_send = 0.0
+        self._expiry: asyncio.TimerHandle | None = None
+        """The timer failing queued calls at their deadline (``_expire``)."""
+        self._expiry_when = 0.0
         """The event loop's time before which a new call waits to be batched."""
         self._gathering = False
         """Whether calls are concurrent: a send carried several since the last call
@@ -87,6 +105,11 @@ class ScriptPipeline:
         :raises TimeoutError: no reply within ``timeout`` seconds of this call.
         """
         loop = asyncio.get_running_loop()
+        if self.same_turn and not self._busy:
+            # sent by a task that starts after the callbacks ready now: the calls
+            # the other tasks of this turn make join this one
+            self._busy = True
+            self._start_sender()
         if self._busy or (self._gathering and loop.time() < self._next_send):
             future: asyncio.Future[Any] = loop.create_future()
             deadline = None if timeout is None else loop.time() + timeout
@@ -94,8 +117,11 @@ class ScriptPipeline:
             if not self._busy:  # the first call of a window: send the batch at its end
                 self._busy = True
                 loop.call_at(self._next_send, self._start_sender)
-            # On timeout the future is cancelled: the sender skips it, or drops its reply.
-            return await asyncio.wait_for(future, timeout)
+            if deadline is not None:
+                self._expire_at(deadline)
+            # Past its deadline the future fails (``_expire``): the sender skips it, or
+            # drops its reply. One timer for all the queued calls, not one each.
+            return await future
         self._busy = True
         self._next_send = loop.time() + self.window
         self._gathering = False  # a call after a quiet spell, or one at a time
@@ -106,6 +132,56 @@ class ScriptPipeline:
                 self._start_sender()
             else:
                 self._busy = False
+
+    async def run_many(
+        self,
+        calls: Sequence[tuple[AsyncScript, list[str], list[Any]]],
+        *,
+        timeout: float | None = None,
+    ) -> list[Any]:
+        """Run several script calls together; return each one's reply or error, in order.
+
+        The calls join whatever is queued (or start a send) and go out in as few
+        round trips as ``MAX_BATCH`` allows: one caller, one await, for a whole
+        group of decisions. An error is returned in its call's place, not raised.
+
+        :raises TimeoutError: no reply within ``timeout`` seconds of this call.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        futures: list[asyncio.Future[Any]] = []
+        for script, keys, args in calls:
+            future: asyncio.Future[Any] = loop.create_future()
+            self._pending.append(_Call(script, keys, args, future, deadline))
+            futures.append(future)
+        if not self._busy:
+            self._busy = True
+            self._start_sender()
+        # On timeout the futures are cancelled: the sender skips them, or drops their replies.
+        return await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), timeout)
+
+    def _expire_at(self, deadline: float) -> None:
+        """Make sure ``_expire`` runs by ``deadline`` (the timer is kept for the earliest)."""
+        if self._expiry is None or deadline < self._expiry_when:
+            if self._expiry is not None:
+                self._expiry.cancel()
+            self._expiry_when = deadline
+            self._expiry = asyncio.get_running_loop().call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        """Fail the queued calls whose deadline has passed; wait for the next one."""
+        self._expiry = None
+        now = asyncio.get_running_loop().time()
+        following: float | None = None
+        for call in self._pending:
+            if call.deadline is None or call.future.done():
+                continue
+            if call.deadline <= now:
+                call.future.set_exception(asyncio.TimeoutError())  # as wait_for raised it
+            elif following is None or call.deadline < following:
+                following = call.deadline
+        if following is not None:
+            self._expire_at(following)
 
     def _start_sender(self) -> None:
         self._sender = asyncio.create_task(self._send_pending())

@@ -199,7 +199,7 @@ class IntervalTrigger:
         current = self.slot(now)
         reach = self.seconds + int(LATE_WINDOW.total_seconds())
         count = min(MAX_CANDIDATES, reach // self.seconds + 1)
-        return [current - self.seconds * back for back in range(count - 1, -1, -1)]
+        return list(range(current - self.seconds * (count - 1), current + 1, self.seconds))
 
     def next_fire(self, now: datetime) -> datetime:
         """Start of the bucket after the one holding ``now``."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -415,4 +416,51 @@ async def test_a_burst_has_at_most_its_limit_of_claims_in_flight(
     won = await asyncio.gather(*(coordinator.acquire(f"s{n}", minutely(), NOW) for n in range(50)))
     assert all(attempt is not None for attempt in won)
     assert most == 5
+    await coordinator.close()
+
+
+async def _evalsha_calls(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_a_ticks_confirms_go_together_after_its_last_send(redis: Redis, prefix: str) -> None:
+    """docs/DESIGN.md: confirms wait for the process's other sends, then go as one call."""
+    coordinator = coordinator_on(redis, prefix, "a")
+    warm = await asyncio.gather(
+        *(coordinator.acquire(f"w{i}", every_second(), NOW) for i in (1, 2))
+    )
+    await asyncio.gather(*(coordinator.confirm(a) for a in warm if a is not None))  # batch form
+    attempts = await asyncio.gather(
+        *(coordinator.acquire(f"s{i}", every_second(), NOW) for i in range(5))
+    )
+    assert all(attempts)
+    won = [attempt for attempt in attempts if attempt is not None]
+    first = asyncio.create_task(coordinator.confirm(won[0]))
+    await asyncio.sleep(0.02)  # well within the hold
+    assert not first.done()  # four sends still in flight: held
+    assert await redis.hget(won[0].key, "holder") is not None  # not confirmed in Redis yet
+    before = await _evalsha_calls(redis)
+    await asyncio.gather(*(coordinator.confirm(attempt) for attempt in won[1:]))
+    await first
+    assert await _evalsha_calls(redis) - before == 1  # the five confirms in one call
+    for attempt in won:
+        assert await redis.hget(attempt.key, "sent") == str(attempt.slot).encode()
+        assert await redis.hget(attempt.key, "holder") is None
+    assert coordinator._held == {}
+
+
+async def test_a_confirm_is_held_no_longer_than_the_hold_for_a_send_still_in_flight(
+    redis: Redis, prefix: str
+) -> None:
+    coordinator = coordinator_on(redis, prefix, "a")
+    slow = await coordinator.acquire("slow", every_second(), NOW)
+    quick = await coordinator.acquire("quick", every_second(), NOW)
+    assert slow is not None
+    assert quick is not None
+    started = time.monotonic()
+    await asyncio.wait_for(coordinator.confirm(quick), 2.0)  # "slow" never reaches post_send
+    assert 0.05 < time.monotonic() - started < 1.0  # held for CONFIRM_HOLD, then sent
+    assert await redis.hget(quick.key, "sent") == str(quick.slot).encode()
+    await coordinator.release(slow)
     await coordinator.close()

@@ -141,3 +141,27 @@ async def test_calls_queued_in_a_window_keep_their_own_deadline(
         *(pipeline.run(echo, ["k"], [str(i)], timeout=5.0) for i in range(50))
     )
     assert replies == [str(i).encode() for i in range(50)]
+
+
+async def test_calls_of_one_turn_share_one_call(redis: Redis) -> None:
+    """``same_turn``: a call made alone is not held; calls made in one turn go as one."""
+    pipeline = ScriptPipeline(redis, same_turn=True)
+    echo = redis.register_script("return ARGV[1]")
+    assert await pipeline.run(echo, ["k"], ["alone"]) == b"alone"
+    await asyncio.gather(*(pipeline.run(echo, ["k"], ["warm"]) for _ in range(2)))  # batch form
+    before = await _evalsha_calls(redis)
+    replies = await asyncio.gather(*(pipeline.run(echo, [f"k{i}"], [f"v{i}"]) for i in range(10)))
+    assert replies == [f"v{i}".encode() for i in range(10)]
+    assert await _evalsha_calls(redis) - before == 1  # not the first alone, then the rest
+
+
+async def test_a_batch_of_text_and_numbers_reads_each_argument_as_sent_alone(redis: Redis) -> None:
+    """The arguments go as one JSON array of strings: each arrives as Redis would send it."""
+    pipeline = ScriptPipeline(redis, same_turn=True)
+    echo = redis.register_script("return ARGV[1] .. '|' .. ARGV[2]")
+    args = [["é ü", 7], ['a"b\\c', 2.5], ["", -1], [b"raw", 0]]
+    alone = [await echo(keys=[f"k{i}"], args=arg) for i, arg in enumerate(args)]
+    together = await asyncio.gather(
+        *(pipeline.run(echo, [f"k{i}"], arg) for i, arg in enumerate(args))
+    )
+    assert together == alone
