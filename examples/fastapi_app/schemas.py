@@ -211,7 +211,9 @@ class FiringOut(BaseModel):
         description=(
             "missed: no scheduler sent it; unconfirmed: its sender died after claiming it, "
             "perhaps after sending it (worker shows whether a worker took it); sent: in the "
-            "queue, no worker took it yet; "
+            "queue, no worker took it yet; running, ran, failed: a leased run and its end; "
+            "started: taken by a worker on a broker that cannot redeliver (a success is not "
+            "recorded, a failure is); "
             "skipped_overlap: not run, the schedule's previous run still held its lease"
         ),
     )
