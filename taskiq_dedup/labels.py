@@ -6,6 +6,11 @@ SCHEDULE_ID_LABEL = "schedule_id"
 SLOT_LABEL = "dedup_slot"
 """The firing's slot in whole epoch seconds, set by the sending side."""
 
+CLAIM_TOKEN_LABEL = "dedup_claim_token"  # noqa: S105 -- a label name, not a secret
+"""Set by ``DedupMiddleware`` on a message it pushes back because Redis failed its
+claim: the token of that claim, which Redis may have applied, so the next delivery
+goes on with the same attempt instead of meeting it as another holder."""
+
 IDEMPOTENCY_KEY_LABEL = "idempotency_key"
 """Set by the caller of ``kiq``: kicks of one task with one value run once."""
 

@@ -51,6 +51,7 @@ from taskiq_dedup.holding import Hold, Holds
 from taskiq_dedup.idempotency import PENDING_TTL, Binder
 from taskiq_dedup.keys import DEFAULT_PREFIX, KeySpace
 from taskiq_dedup.labels import (
+    CLAIM_TOKEN_LABEL,
     IDEMPOTENCY_KEY_LABEL,
     SCHEDULE_ID_LABEL,
     SLOT_LABEL,
@@ -428,7 +429,8 @@ class DedupMiddleware(TaskiqMiddleware):
         if keyed is None:
             return message
         key, retention_ms, bound = keyed
-        token = os.urandom(TOKEN_BYTES).hex()
+        # a delivery pushed back after a failed claim goes on with that claim's attempt
+        token = str(message.labels.pop(CLAIM_TOKEN_LABEL, "")) or os.urandom(TOKEN_BYTES).hex()
         attempt = generation(message)
         once = self._once and not bound and not self._overlap.applies(message)
         try:
@@ -451,7 +453,12 @@ class DedupMiddleware(TaskiqMiddleware):
             if self.on_redis_error == "execute":
                 self._count("executed_unguarded")
                 return message
-            return skip.skip(message, "unavailable")
+            # Redis may have applied the claim, its reply lost: the pushed-back delivery
+            # claims with the same token and finds it its own (a once claim has no
+            # lease that would lapse for it).
+            unavailable = skip.skip(message, "unavailable")
+            unavailable.labels[CLAIM_TOKEN_LABEL] = token
+            return unavailable
         if claim.won:
             self._holds.add(message, Hold(key, token, retention_ms, attempt, leased=not once))
             if claim.verdict == "takeover":

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from taskiq_dedup import script_batches
 from taskiq_dedup.cluster_batches import send_per_node
@@ -83,10 +84,11 @@ class ScriptPipeline:
         self._pipe: Pipeline | None = None
         self._batch_forms: dict[tuple[str, ...], AsyncScript] = {}
         self._next_send = 0.0
+        """The event loop's time before which a new call waits to be batched."""
         self._expiry: asyncio.TimerHandle | None = None
         """The timer failing queued calls at their deadline (``_expire``)."""
         self._expiry_when = 0.0
-        """The event loop's time before which a new call waits to be batched."""
+        """When ``_expiry`` fires (the event loop's time)."""
         self._gathering = False
         """Whether calls are concurrent: a send carried several since the last call
         made after a quiet spell. Then a new call waits for the window. A caller
@@ -215,6 +217,7 @@ class ScriptPipeline:
         return self._pipe
 
     async def _send_pending(self) -> None:
+        batch: list[_Call] = []
         try:
             loop = asyncio.get_running_loop()
             while self._pending:
@@ -242,6 +245,16 @@ class ScriptPipeline:
                         call.future.set_exception(reply)
                     else:
                         call.future.set_result(reply)
+        except BaseException:
+            # The sender itself ended (cancelled at loop teardown): the calls on the wire
+            # would wait for a reply nobody reads. Each learns it as a connection error,
+            # which its caller retries within its deadline like any other.
+            for call in batch:
+                if not call.future.done():
+                    call.future.set_exception(
+                        RedisConnectionError("the sender of queued Redis calls stopped")
+                    )
+            raise
         finally:
             self._busy = False
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import pytest
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskiq import (
     AckableMessage,
     AsyncBroker,
@@ -32,6 +33,7 @@ from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend, RedisStreamBr
 from taskiq_dedup import DedupMiddleware, DedupReceiver, skip
 from taskiq_dedup.errors import ConfigurationError, DedupUnavailableError, TaskiqDedupError
 from taskiq_dedup.keys import KeySpace
+from taskiq_dedup.labels import CLAIM_TOKEN_LABEL
 from taskiq_dedup.log_fields import FIELDS
 from taskiq_dedup.stats import DedupStats
 from tests.support.clock import FakeClock
@@ -879,6 +881,56 @@ async def test_fail_closed_pushes_a_list_message_back(
     assert labels["ack_type"] == "when_executed"
     assert not {skip.SKIP_LABEL, skip.TASK_LABEL} & set(labels)
     assert middleware.stats == DedupStats(executed=1, redis_errors=1)
+
+
+@pytest.mark.parametrize("record_finish", [None, True], ids=["once", "leased"])
+async def test_a_claim_applied_but_unanswered_is_continued_by_its_pushed_back_delivery(
+    brokers: Brokers,
+    redis: Redis,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    record_finish: bool | None,
+) -> None:
+    """Redis applied the claim, then every try's reply was lost until the deadline.
+
+    The delivery is pushed back carrying the claim's token: it goes on with that
+    attempt and runs at once (a once claim has no lease to lapse; a leased one
+    would otherwise wait out its lease).
+    """
+    monkeypatch.setattr(skip, "REQUEUE_DELAY", 0.01)
+    middleware = DedupMiddleware(
+        redis=redis, prefix=prefix, redis_deadline=DOWN_DEADLINE, record_finish=record_finish
+    )
+    real_claim = middleware._leases.claim
+    tries: list[str] = []
+    lost = [True]  # every reply of the first delivery's tries
+
+    async def unanswered(key: str, **kwargs: Any) -> Any:
+        tries.append(kwargs["token"])
+        reply = await real_claim(key, **kwargs)  # applied
+        if lost[0]:
+            raise RedisTimeoutError("reply lost")
+        return reply
+
+    monkeypatch.setattr(middleware._leases, "claim", unanswered)
+    broker = brokers.queue(middleware)
+    calls: list[Any] = []
+    task = broker.register_task(recorder(calls), task_name="report")
+    receiver = DedupReceiver(broker, max_async_tasks=10)
+    handle = await task.kicker().with_labels(**firing()).kiq("x")
+    await deliver(broker, receiver)  # the claim fails: pushed back
+    assert calls == []
+    assert len(tries) >= 2  # retried within the deadline
+    lost[0] = False
+    await deliver(broker, receiver)  # the same attempt, continued
+    assert calls == ["x"]
+    assert len(set(tries)) == 1  # one attempt throughout
+    assert middleware.stats == DedupStats(executed=1, redis_errors=1)
+    key = KeySpace(prefix).firing("nightly", 1_700_000_000)
+    assert await redis.hget(key, "attempts") == b"1"
+    assert await redis.hget(key, "state") == (b"done" if record_finish else b"started")
+    labels = (await handle.wait_result(timeout=5)).labels
+    assert CLAIM_TOKEN_LABEL not in labels  # a retry of the run is a new attempt
 
 
 async def test_idempotent_kiq_without_redis(

@@ -12,6 +12,7 @@ import time
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from taskiq_dedup.deadlines import within
@@ -165,3 +166,27 @@ async def test_a_batch_of_text_and_numbers_reads_each_argument_as_sent_alone(red
         *(pipeline.run(echo, [f"k{i}"], arg) for i, arg in enumerate(args))
     )
     assert together == alone
+
+
+async def test_calls_on_the_wire_fail_when_their_sender_stops(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sender cancelled mid-call (loop teardown) fails its calls instead of leaving them."""
+    pipeline = ScriptPipeline(redis, same_turn=True)
+    script = redis.register_script("return 1")
+    hung = asyncio.Event()
+
+    async def never(_batch: object) -> list[object]:
+        hung.set()
+        await asyncio.Event().wait()
+        return []
+
+    monkeypatch.setattr(pipeline, "_send", never)
+    calls = [asyncio.create_task(pipeline.run(script, ["k"], [])) for _ in range(2)]
+    await asyncio.wait_for(hung.wait(), 5)
+    assert pipeline._sender is not None
+    pipeline._sender.cancel()
+    for call in calls:
+        with pytest.raises(RedisConnectionError, match="sender of queued Redis calls stopped"):
+            await asyncio.wait_for(call, 5)
+    assert not pipeline._busy
