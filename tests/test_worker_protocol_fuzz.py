@@ -135,6 +135,17 @@ class WorkerProtocol(RuleBasedStateMachine):
         message = self.queue.pop(data.draw(st.integers(0, len(self.queue) - 1)))
         key, task_id = message
         token = uuid.uuid4().hex
+        verdict, holder_task_id = self._claim(message, token, lose=lose, once=False)
+        if verdict in {"claimed", "takeover", "superseded"}:
+            self.holders.append(Holder(key, token, task_id, message))
+        elif verdict == "running" and holder_task_id == task_id:
+            self.queue.append(message)  # "deferred": it comes back later (skip.settle)
+
+    def _claim(
+        self, message: tuple[str, str], token: str, *, lose: bool, once: bool
+    ) -> tuple[str, str]:
+        """Claim ``message``'s key (an idempotency key, or a firing claimed once)."""
+        key, task_id = message
 
         async def claim() -> tuple[str, str]:
             outcome = await self.leases.claim(
@@ -145,17 +156,14 @@ class WorkerProtocol(RuleBasedStateMachine):
                 worker="fuzz",
                 lease_ms=LEASE_MS,
                 retention_ms=RETENTION_MS,
-                bound=True,
+                bound=not once,
+                once=once,
             )
             return outcome.verdict, outcome.holder_task_id
 
         if lose:
-            self.run(claim())
-        verdict, holder_task_id = self.run(claim())
-        if verdict in {"claimed", "takeover", "superseded"}:
-            self.holders.append(Holder(key, token, task_id, message))
-        elif verdict == "running" and holder_task_id == task_id:
-            self.queue.append(message)  # "deferred": it comes back later (skip.settle)
+            self.run(claim())  # ran; the reply never arrived
+        return self.run(claim())
 
     @precondition(lambda self: bool(self.holders or self.queue))
     @rule(data=st.data())
@@ -364,23 +372,7 @@ class OnceFirings(WorkerProtocol):
     def _claim_once(self, message: tuple[str, str], lose: bool) -> None:
         key, task_id = message
         token = uuid.uuid4().hex
-
-        async def claim() -> str:
-            outcome = await self.leases.claim(
-                key,
-                token=token,
-                task_id=task_id,
-                generation=0,
-                worker="fuzz",
-                lease_ms=LEASE_MS,
-                retention_ms=RETENTION_MS,
-                once=True,
-            )
-            return outcome.verdict
-
-        if lose:
-            self.run(claim())  # ran; the reply never arrived
-        verdict = self.run(claim())
+        verdict, _ = self._claim(message, token, lose=lose, once=True)
         assert verdict != "running", f"{key}: a once-claimed key was found leased"
         if verdict in {"claimed", "takeover", "superseded"}:
             self.holders.append(Holder(key, token, task_id, message))
