@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -60,6 +61,14 @@ WAIT_POLL = 0.05
 
 WAIT_POLL_MAX = 0.5
 """The longest pause between looks at a pending claim."""
+
+WAIT_GRID = 0.05
+"""Looks at other senders' pending claims happen on a grid of this many seconds of
+the event loop's clock: the waiters of one process due in the same step wake in the
+same loop turn and share one script call per ``pipelining.MAX_BATCH`` looks
+(``ScriptPipeline(same_turn=True)``). Waking each at its own microsecond split a
+burst's looks into calls of a few each, which cost a loser more CPU than its claim.
+A look comes at most this much later than its pause says."""
 
 MAX_WAIT_POLLS_PER_SECOND = 2000
 """Looks at other senders' pending claims one process makes per second at most, its
@@ -138,6 +147,26 @@ def after_cursor(candidates: list[int], cursor: int | None) -> list[int]:
     if cursor is None:
         return candidates
     return candidates[bisect.bisect_right(candidates, cursor) :] or candidates[-1:]
+
+
+async def _sleep_on_grid(delay: float) -> None:
+    """Sleep at least ``delay`` seconds, until the next point of the ``WAIT_GRID`` grid.
+
+    The wake-up time is computed, not measured: every sleeper of one grid point gets
+    the same timer time, and the event loop runs them all in one turn.
+    """
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+    timer = loop.call_at(math.ceil((loop.time() + delay) / WAIT_GRID) * WAIT_GRID, _wake, woken)
+    try:
+        await woken
+    finally:
+        timer.cancel()
+
+
+def _wake(woken: asyncio.Future[None]) -> None:
+    if not woken.done():
+        woken.set_result(None)
 
 
 class _Turns:
@@ -447,7 +476,7 @@ class FiringCoordinator:
                     min(poll, claim.lease_left + 0.01),
                     self._waiting / MAX_WAIT_POLLS_PER_SECOND,
                 )
-                await asyncio.sleep(min(pause, give_up - looked))
+                await _sleep_on_grid(min(pause, give_up - looked))
                 poll = min(poll * 2, WAIT_POLL_MAX)
         finally:
             if waiting:

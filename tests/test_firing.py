@@ -373,6 +373,38 @@ async def test_many_waits_together_look_no_more_often_than_the_process_rate(
     await holder.close()
 
 
+async def test_a_process_waiters_look_again_together_in_one_call(
+    redis: Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/DESIGN.md: waits end on a shared grid, so one process's looks share a call."""
+    holder = coordinator_on(redis, prefix, "a")  # a 30 s lease: live all along
+    waiter = coordinator_on(redis, prefix, "b")
+    count = 200
+    won = await asyncio.gather(*(holder.acquire(f"s{n}", minutely(), NOW) for n in range(count)))
+    looks = 0
+    claim = waiter.claims.claim
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        nonlocal looks
+        looks += 1
+        return await claim(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(waiter.claims, "claim", counted)
+    waits = asyncio.gather(*(waiter.acquire(f"s{n}", minutely(), NOW) for n in range(count)))
+    await asyncio.sleep(0.02)  # every first look is answered: pending
+    first_looks, before = looks, await _evalsha_calls(redis)
+    await asyncio.sleep(0.5)
+    relooks, calls = looks - first_looks, await _evalsha_calls(redis) - before
+    assert relooks >= count  # each looked again at least once meanwhile
+    # one call per grid point at most (0.5 s / WAIT_GRID = 10); a call per waiter
+    # woken at its own microsecond would be hundreds
+    assert calls <= 11, (relooks, calls)
+    await asyncio.gather(*(holder.confirm(attempt) for attempt in won if attempt is not None))
+    assert await waits == [None] * count
+    assert waiter.stats.duplicates_cancelled == count
+    await holder.close()
+
+
 async def test_turns_serve_waiters_in_order_and_pass_on_a_cancelled_turn() -> None:
     turns = _Turns(1)
     order: list[int] = []
