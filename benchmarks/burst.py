@@ -7,13 +7,23 @@ fetches the schedules, then runs one tick of taskiq's own ``SchedulerLoop``
 (``_is_schedule_ready_to_send`` and a ``send`` task per due schedule, as
 ``SchedulerLoop.run`` does) with the clock set to a minute boundary instead
 of waiting up to 60 s for a real one. The parent gives every process the same
-go time; "time" is from go (the boundary) until the last process's last send
-returned, i.e. until every firing is in the queue.
+go time. "In the queue" is from go (the boundary) until the broker took the last
+firing (the latest ``post_send`` of a middleware first in each broker's list);
+"decided" is until every process's every ``send`` returned, the losers' waits for
+the winners' confirms included.
 
 - ``bare``: taskiq as shipped, one scheduler, no claims;
+- ``split_x3`` (calibration): three stock schedulers whose sources cancel every
+  firing outside a partition fixed in advance (``apps.split``): no claim, no
+  Redis call; what three schedulers of the same schedules cost on this machine
+  before any coordination (each still evaluates all 10k, and they share the CPUs);
 - ``dedup_x3``: three schedulers, each with its own ``CompositeScheduleSource``
   over its own ``ListRedisScheduleSource``, and ``DedupMiddleware`` on the
   broker (the README's set-up).
+
+CPU seconds are each process's ``time.process_time`` over the tick, summed over
+the arm's processes; the Redis server's are read from ``INFO cpu`` before and after
+(the server is the run's own, but it also answers the parent's waits for results).
 
 After each run the queue is read back: duplicates are firings enqueued more
 than once, misses are schedules never enqueued.
@@ -40,9 +50,10 @@ from benchmarks.servers import private_redis
 from tests.support.processes import ProcessGroup
 
 NAME = "burst"
-ARMS = {"bare": ("bare", 1), "dedup_x3": ("dedup", 3)}
+ARMS = {"bare": ("bare", 1), "split_x3": ("split", 3), "dedup_x3": ("dedup", 3)}
 LABELS = {
     "bare": "taskiq as shipped, 1 scheduler, no claims",
+    "split_x3": "3 stock schedulers, partitioned in advance (calibration)",
     "dedup_x3": "CompositeScheduleSource, 3 schedulers",
 }
 READY_TIMEOUT = 120.0
@@ -88,10 +99,12 @@ class Burst:
                 group.spawn(
                     f"scheduler-{index}",
                     [sys.executable, "-m", "benchmarks.apps.burst_scheduler"],
+                    env={"SPLIT_INDEX": str(index), "SPLIT_OF": str(processes)},
                 )
             for _ in range(processes):
                 if client.blpop([f"{run_key}:ready"], timeout=READY_TIMEOUT) is None:
                     raise TimeoutError(f"{arm}: a scheduler did not start\n{group.logs()}")
+            redis_cpu = _redis_cpu(client)
             go = time.time() + GO_DELAY
             client.rpush(f"{run_key}:go", *[repr(go)] * processes)
             reports = []
@@ -100,6 +113,7 @@ class Burst:
                 if reply is None:
                     raise TimeoutError(f"{arm}: a scheduler did not finish\n{group.logs()}")
                 reports.append(json.loads(reply[1]))
+            redis_cpu = _redis_cpu(client) - redis_cpu
             messages = client.lrange(queue, 0, -1)
             self._clean(client, run_key)
         fired = Counter(json.loads(raw)["args"][0] for raw in messages)
@@ -114,9 +128,11 @@ class Burst:
                 "reports": reports,
             },
         )
-        latest = max(report["finished"] for report in reports)
         return {
-            "seconds": latest - go,
+            "seconds": max(report["last_kick"] for report in reports) - go,
+            "decided_s": max(report["finished"] for report in reports) - go,
+            "cpu_s": sum(report["cpu_s"] for report in reports),
+            "redis_cpu_s": redis_cpu,
             "start_lag_s": max(report["started"] for report in reports) - go,
             "duplicates": float(duplicates),
             "missed": float(missed),
@@ -127,6 +143,12 @@ class Burst:
         keys = list(client.scan_iter(match=f"{run_key}:*", count=1000))
         for start in range(0, len(keys), 1000):
             client.unlink(*keys[start : start + 1000])
+
+
+def _redis_cpu(client: SyncRedis) -> float:
+    """CPU seconds the server has used (user + system, main thread and the rest)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def run(config: Config) -> Result:
@@ -145,14 +167,30 @@ def run(config: Config) -> Result:
         burst = Burst(server.url, schedules, Path(logs))
         asyncio.run(burst.fill())
         results = interleave_sync({arm: functools.partial(burst.run, arm) for arm in ARMS}, reps)
-    for arm in ARMS:
-        result.add(results, arm, "seconds", "s", baseline="bare", label=LABELS[arm])
+    for metric, what in (
+        ("seconds", "in the queue"),
+        ("decided_s", "decided"),
+        ("cpu_s", "CPU seconds"),
+        ("redis_cpu_s", "Redis server CPU seconds"),
+    ):
+        for arm in ARMS:
+            result.add(results, arm, metric, "s", baseline="bare", label=f"{LABELS[arm]}: {what}")
+        result.add(
+            results,
+            "dedup_x3",
+            metric,
+            "s",
+            baseline="split_x3",
+            label=f"{LABELS['dedup_x3']} vs the calibration: {what}",
+        )
     dedup = next(r for r in result.rows if r.arm == "dedup_x3")
     duplicates = [m["duplicates"] for m in results["dedup_x3"]]
     missed = [m["missed"] for m in results["dedup_x3"]]
     result.checks["duplicates_dedup_x3"] = summary(duplicates)
     result.checks["missed_dedup_x3"] = summary(missed)
-    result.checks["missed_bare"] = summary([m["missed"] for m in results["bare"]])
+    for arm in ("bare", "split_x3"):
+        result.checks[f"missed_{arm}"] = summary([m["missed"] for m in results[arm]])
+        result.checks[f"duplicates_{arm}"] = summary([m["duplicates"] for m in results[arm]])
     result.checks["claim_errors_dedup_x3"] = [
         sum(report["claim_errors"] for report in run["reports"])
         for run in burst.runs

@@ -12,7 +12,11 @@ shows that held). Lateness = enqueue time - slot.
 - ``bare``: taskiq as shipped, one scheduler, the ``LabelScheduleSource``;
 - ``dedup``: one scheduler, that source in a ``CompositeScheduleSource``, and
   ``DedupMiddleware`` on the broker;
-- ``dedup_x3``: three such schedulers (the lateness of the firing each won).
+- ``dedup_x3``: three such schedulers (the lateness of the firing each won);
+- ``split_x3`` (calibration): three stock schedulers whose sources cancel every
+  firing outside a partition fixed in advance (``apps.split``): no claim, no
+  Redis call; what three schedulers of the same schedules cost on this machine
+  before any coordination.
 
 The arms take turns (one at a time, so they do not compete for the CPU); each
 run discards a warm-up and keeps a window of whole seconds.
@@ -41,10 +45,16 @@ WARMUP = 5.0
 STOP_TIMEOUT = 15.0
 QUANTILES = sorted({*range(101), 99.5, 99.9})
 """Percentiles of each arm's pooled lateness kept in the JSON: a bounded CDF for the plot."""
-ARMS = {"bare": ("bare", 1), "dedup": ("dedup", 1), "dedup_x3": ("dedup", 3)}
+ARMS = {
+    "bare": ("bare", 1),
+    "dedup": ("dedup", 1),
+    "split_x3": ("split", 3),
+    "dedup_x3": ("dedup", 3),
+}
 LABELS = {
     "bare": "taskiq as shipped, 1 scheduler",
     "dedup": "CompositeScheduleSource, 1 scheduler",
+    "split_x3": "3 stock schedulers, partitioned in advance (calibration)",
     "dedup_x3": "CompositeScheduleSource, 3 schedulers",
 }
 
@@ -74,7 +84,12 @@ class Lateness:
         with ProcessGroup(self.log_dir / run_id, env) as group:
             started = time.time()
             schedulers = [
-                group.scheduler(APP, name=f"scheduler-{index}") for index in range(processes)
+                group.scheduler(
+                    APP,
+                    name=f"scheduler-{index}",
+                    env={"SPLIT_INDEX": str(index), "SPLIT_OF": str(processes)},
+                )
+                for index in range(processes)
             ]
             first = math.ceil(started + WARMUP)
             last = first + self.window  # the window is [first, last)
@@ -122,7 +137,7 @@ class Lateness:
 def run(config: Config) -> Result:
     """Run each arm's schedulers in turn and compare lateness to bare taskiq."""
     window = 3 if config.quick else 10
-    reps = config.repetitions(full=3, quick=1)
+    reps = config.repetitions(full=5, quick=1)
     result = Result(
         name=NAME,
         title="Firing lateness",
@@ -143,6 +158,14 @@ def run(config: Config) -> Result:
             result.add(
                 results, arm, metric, "ms", baseline="bare", label=f"{LABELS[arm]}: {metric[:3]}"
             )
+        result.add(
+            results,
+            "dedup_x3",
+            metric,
+            "ms",
+            baseline="split_x3",
+            label=f"{LABELS['dedup_x3']} vs the calibration: {metric[:3]}",
+        )
     result.checks["runs"] = lateness.checks
     result.distributions["lateness_ms"] = {
         arm: {

@@ -4,7 +4,8 @@
 environment: ``REDIS_URL``; ``ARM`` (``bare``: taskiq as shipped, the
 ``ListRedisScheduleSource`` alone; ``dedup``: that source inside a
 ``CompositeScheduleSource``, and ``DedupMiddleware`` on the broker, as the
-README sets them up); ``SCHEDULES_PREFIX``; ``QUEUE``; ``CLAIMS_PREFIX``;
+README sets them up; ``split``: the source inside ``apps.split.SplitSource``, partition
+``SPLIT_INDEX`` of ``SPLIT_OF``, no claims); ``SCHEDULES_PREFIX``; ``QUEUE``; ``CLAIMS_PREFIX``;
 ``RUN_KEY`` (the lists ``<RUN_KEY>:ready``, ``:go`` and ``:results``) and
 ``BOUNDARY`` (epoch seconds of the minute being fired).
 
@@ -27,14 +28,29 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from redis.asyncio import Redis
-from taskiq import ScheduleSource, TaskiqScheduler
+from taskiq import ScheduleSource, TaskiqMessage, TaskiqMiddleware, TaskiqScheduler
 from taskiq.cli.scheduler.run import SchedulerLoop, get_all_schedules, send
 from taskiq_redis import ListQueueBroker
 
+from benchmarks.apps.split import SplitSource
 from benchmarks.schedules import redis_source
 from taskiq_dedup import CompositeScheduleSource, DedupMiddleware
 
 READY_TIMEOUT = 120
+
+
+class KickClock(TaskiqMiddleware):
+    """First in the broker's list: notes when the broker took this process's last message."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kicks = 0
+        self.last = 0.0
+
+    def post_send(self, message: TaskiqMessage) -> None:
+        """Note the time (before a later middleware's confirm)."""
+        self.kicks += 1
+        self.last = time.time()
 
 
 def _config() -> dict[str, str]:
@@ -60,7 +76,8 @@ async def main() -> None:
     def clock() -> datetime:
         return boundary + timedelta(seconds=max(0.0, time.time() - go[0]))
 
-    broker = ListQueueBroker(url, queue_name=config["QUEUE"])
+    kick_clock = KickClock()
+    broker = ListQueueBroker(url, queue_name=config["QUEUE"]).with_middlewares(kick_clock)
     child = redis_source(url, config["SCHEDULES_PREFIX"])
     source: ScheduleSource = child
     composite: CompositeScheduleSource | None = None
@@ -72,6 +89,8 @@ async def main() -> None:
             [child], redis_url=url, prefix=config["CLAIMS_PREFIX"], clock=clock
         )
         source = composite
+    elif config["ARM"] == "split":
+        source = SplitSource(child, int(os.environ["SPLIT_INDEX"]), int(os.environ["SPLIT_OF"]))
     scheduler = TaskiqScheduler(broker, sources=[source])
     await source.startup()
     await scheduler.startup()
@@ -87,6 +106,7 @@ async def main() -> None:
         go[0] = float(reply[1])
         await asyncio.sleep(max(0.0, go[0] - time.time()))
         started = time.time()
+        cpu_started = time.process_time()
         # The body of SchedulerLoop.run for one tick, at the minute boundary.
         running: dict[str, asyncio.Task[Any]] = {}
         for tick_source, task_list in loop.scheduled_tasks:
@@ -98,6 +118,7 @@ async def main() -> None:
                     )
         outcomes = await asyncio.gather(*running.values(), return_exceptions=True)
         finished = time.time()
+        cpu = time.process_time() - cpu_started
         stats = composite.stats if composite is not None else None
         report = {
             "pid": os.getpid(),
@@ -111,6 +132,9 @@ async def main() -> None:
             "go": go[0],
             "started": started,
             "finished": finished,
+            "cpu_s": cpu,
+            "kicks": kick_clock.kicks,
+            "last_kick": kick_clock.last,
             "claimed": stats.claimed if stats else None,
             "duplicates_cancelled": stats.duplicates_cancelled if stats else None,
             "claim_errors": stats.claim_errors if stats else None,

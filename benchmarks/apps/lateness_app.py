@@ -3,8 +3,10 @@
 Configured by the environment: ``REDIS_URL``; ``ARM`` (``bare``: taskiq as
 shipped, a ``LabelScheduleSource``; ``dedup``: the same source inside a
 ``CompositeScheduleSource`` and ``DedupMiddleware`` on the broker, as the
-README sets them up); ``PREFIX`` (queue and claims); ``SCHEDULES`` (how many
-``interval=1`` schedules ``tick`` declares) and ``RECORD_FILE``.
+README sets them up; ``split``: the source inside ``apps.split.SplitSource``,
+partition ``SPLIT_INDEX`` of ``SPLIT_OF``, no claims); ``PREFIX`` (queue and
+claims); ``SCHEDULES`` (how many ``interval=1`` schedules ``tick`` declares) and
+``RECORD_FILE``.
 
 ``Recorder``, the last middleware in both arms, appends the wall time at which
 each message's ``kick`` returned (its ``post_send``) to ``RECORD_FILE``: kept
@@ -25,11 +27,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from taskiq import TaskiqMessage, TaskiqScheduler
+from taskiq import ScheduleSource, TaskiqMessage, TaskiqScheduler
 from taskiq.abc.middleware import TaskiqMiddleware
 from taskiq.schedule_sources import LabelScheduleSource
 from taskiq_redis import ListQueueBroker
 
+from benchmarks.apps.split import SplitSource
 from taskiq_dedup import CompositeScheduleSource, DedupMiddleware
 from taskiq_dedup.labels import SLOT_LABEL
 
@@ -83,11 +86,11 @@ async def tick(index: int) -> Any:  # noqa: ANN401 -- never run: only enqueued
 
 
 label_source = LabelScheduleSource(broker)
-source = (
-    CompositeScheduleSource([label_source], redis_url=REDIS_URL, prefix=PREFIX)
-    if ARM == "dedup"
-    else label_source
-)
+source: ScheduleSource = label_source
+if ARM == "dedup":
+    source = CompositeScheduleSource([label_source], redis_url=REDIS_URL, prefix=PREFIX)
+elif ARM == "split":
+    source = SplitSource(label_source, int(os.environ["SPLIT_INDEX"]), int(os.environ["SPLIT_OF"]))
 scheduler = TaskiqScheduler(broker, sources=[source])
 
 
