@@ -4,7 +4,9 @@
 any kind (it knows schedules only by id and trigger, not taskiq or APScheduler):
 
 1. ``acquire`` offers the trigger's candidate slots and gets the earliest unsent
-   one, pending under this attempt's lease. Another sender's live pending claim is
+   one, pending under this attempt's lease. Its first claim waits for this
+   process's stagger step of the schedule (0-15 ms), so that the schedulers of a
+   tick share its firings. Another sender's live pending claim is
    waited for - it confirms (nothing to do), releases after a failed send, or lapses
    (its process died) and is taken over - for at most ``wait`` seconds, or while
    it sees the holder renew its lease (up to ``MAX_RENEWED`` more).
@@ -29,6 +31,7 @@ import bisect
 import logging
 import math
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -89,6 +92,20 @@ A send queued behind a burst of 10k firings is in the broker within seconds even
 on a loaded host; one still not there after a minute has hung (a broker that never
 answers, no ``--send-timeout``), and its lease then lapses so that another
 scheduler takes the slot over while it is still within ``LATE_WINDOW`` (2 min)."""
+
+STAGGER_STEPS = 4
+"""A scheduler makes its first claim of a firing in one of this many steps of
+``STAGGER_STEP``, chosen per (process, schedule) by a hash: the schedulers of one
+tick then win about equal shares of its firings and send them in parallel, instead
+of the first to reach Redis winning every firing of the tick (its claims go as one
+call) and sending them all while the others wait. Measured with three schedulers
+of 100 firings a tick: p50 lateness 1.22x -> 0.87x bare (docs/BENCHMARKS.md)."""
+
+STAGGER_STEP = 0.005
+"""Seconds between stagger steps: longer than the spread of schedulers' wake-ups at a
+tick's start on a busy host, short against a tick's sends (100 kicks take ~60 ms).
+The last step claims 15 ms after the first; alone, a scheduler sends the first
+step's firings meanwhile."""
 
 MAX_CLAIMS_IN_FLIGHT = 1000
 """Claim calls one coordinator has made and not yet had answered, at most; more
@@ -167,6 +184,29 @@ async def _sleep_on_grid(delay: float) -> None:
 def _wake(woken: asyncio.Future[None]) -> None:
     if not woken.done():
         woken.set_result(None)
+
+
+def _stagger_step(holder: str, schedule_id: str) -> int:
+    """Return this process's step for its first claim of ``schedule_id`` (``STAGGER_STEPS``)."""
+    return zlib.crc32(f"{holder}\x00{schedule_id}".encode("utf-8", "surrogatepass")) % STAGGER_STEPS
+
+
+async def _sleep_to_step(step: int) -> None:
+    """Sleep until ``step`` steps of ``STAGGER_STEP`` past the current step's start.
+
+    Computed, not measured, like ``_sleep_on_grid``: a tick's claims of one step wake
+    in one loop turn and go as one call. Step 0 does not sleep.
+    """
+    if step == 0:
+        return
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+    start = math.ceil(loop.time() / STAGGER_STEP) * STAGGER_STEP
+    timer = loop.call_at(start + step * STAGGER_STEP, _wake, woken)
+    try:
+        await woken
+    finally:
+        timer.cancel()
 
 
 class _Turns:
@@ -349,6 +389,7 @@ class FiringCoordinator:
         candidates = after_cursor(due_slots(trigger, now), self._cursors.get(key))
         token = self.claims.new_attempt()
         ttl_ms = self.state_ttl_ms(trigger, candidates[-1], now)
+        await _sleep_to_step(_stagger_step(self.claims.holder, schedule_id))
         claim = await self._win(schedule_id, key, token, candidates, ttl_ms)
         if claim is None:
             return None
