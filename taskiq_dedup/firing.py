@@ -220,6 +220,11 @@ class _Turns:
         self._free = limit
         self._queue: deque[asyncio.Future[None]] = deque()
 
+    @property
+    def taken(self) -> bool:
+        """Whether every turn is held (a new holder would wait)."""
+        return self._free == 0
+
     async def __aenter__(self) -> None:
         if self._free > 0 and not self._queue:
             self._free -= 1
@@ -389,7 +394,8 @@ class FiringCoordinator:
         candidates = after_cursor(due_slots(trigger, now), self._cursors.get(key))
         token = self.claims.new_attempt()
         ttl_ms = self.state_ttl_ms(trigger, candidates[-1], now)
-        await _sleep_to_step(_stagger_step(self.claims.holder, schedule_id))
+        if not self._in_flight.taken:  # a burst's turns interleave schedulers' claims already
+            await _sleep_to_step(_stagger_step(self.claims.holder, schedule_id))
         claim = await self._win(schedule_id, key, token, candidates, ttl_ms)
         if claim is None:
             return None

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from taskiq import ScheduledTask
 
+from taskiq_dedup import firing
 from taskiq_dedup.claims import FiringClaims
 from taskiq_dedup.firing import FiringCoordinator, _Turns
 from taskiq_dedup.keys import KeySpace
@@ -427,6 +428,28 @@ async def test_schedulers_of_one_tick_share_its_firings(redis: Redis, prefix: st
     assert min(won) >= count // 10, won
     for coordinator in coordinators:
         await coordinator.close()
+
+
+async def test_claims_beyond_the_in_flight_limit_are_not_staggered(
+    redis: Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/DESIGN.md: a burst's turns interleave the schedulers' claims; no step is added."""
+    monkeypatch.setattr("taskiq_dedup.firing.MAX_CLAIMS_IN_FLIGHT", 5)
+    coordinator = coordinator_on(redis, prefix, "a")
+    staggered = 0
+    sleep_to_step = firing._sleep_to_step
+
+    async def counted(step: int) -> None:
+        nonlocal staggered
+        staggered += 1
+        await sleep_to_step(step)
+
+    monkeypatch.setattr("taskiq_dedup.firing._sleep_to_step", counted)
+    won = await asyncio.gather(*(coordinator.acquire(f"s{n}", minutely(), NOW) for n in range(50)))
+    assert all(attempt is not None for attempt in won)
+    # the first claims take the 5 turns; once they are all taken the rest queue unstaggered
+    assert 0 < staggered < 25, staggered
+    await coordinator.close()
 
 
 async def test_turns_serve_waiters_in_order_and_pass_on_a_cancelled_turn() -> None:
