@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -347,6 +348,22 @@ async def test_a_waiter_keeps_waiting_for_a_renewing_holder_past_its_own_limit(
     assert waiter.stats.takeovers == 0
 
 
+def count_claims(
+    monkeypatch: pytest.MonkeyPatch, coordinator: FiringCoordinator
+) -> Callable[[], int]:
+    """Count ``coordinator``'s claim calls from now on; return a reader of the count."""
+    calls = 0
+    claim = coordinator.claims.claim
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        return await claim(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(coordinator.claims, "claim", counted)
+    return lambda: calls
+
+
 async def test_many_waits_together_look_no_more_often_than_the_process_rate(
     redis: Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -356,20 +373,12 @@ async def test_many_waits_together_look_no_more_often_than_the_process_rate(
     waiter.wait = 1.0
     for n in range(5):
         assert await holder.acquire(f"s{n}", minutely(), NOW) is not None
-    calls = 0
-    claim = waiter.claims.claim
-
-    async def counted(*args: object, **kwargs: object) -> object:
-        nonlocal calls
-        calls += 1
-        return await claim(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(waiter.claims, "claim", counted)
+    calls = count_claims(monkeypatch, waiter)
     waits = [waiter.acquire(f"s{n}", minutely(), NOW) for n in range(5)]
     assert await asyncio.gather(*waits) == [None] * 5
     # 5 first looks, at most 10 a second for the 1 s wait, 5 last looks at its end;
     # uncapped, each would look at 0, 0.05, 0.15, 0.35, 0.75 and 1 s: 30
-    assert calls <= 5 + 10 + 5
+    assert calls() <= 5 + 10 + 5
     assert waiter.stats.waits_given_up == 5
     await holder.close()
 
@@ -382,20 +391,12 @@ async def test_a_process_waiters_look_again_together_in_one_call(
     waiter = coordinator_on(redis, prefix, "b")
     count = 200
     won = await asyncio.gather(*(holder.acquire(f"s{n}", minutely(), NOW) for n in range(count)))
-    looks = 0
-    claim = waiter.claims.claim
-
-    async def counted(*args: object, **kwargs: object) -> object:
-        nonlocal looks
-        looks += 1
-        return await claim(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(waiter.claims, "claim", counted)
+    looks = count_claims(monkeypatch, waiter)
     waits = asyncio.gather(*(waiter.acquire(f"s{n}", minutely(), NOW) for n in range(count)))
     await asyncio.sleep(0.02)  # every first look is answered: pending
-    first_looks, before = looks, await _evalsha_calls(redis)
+    first_looks, before = looks(), await _evalsha_calls(redis)
     await asyncio.sleep(0.5)
-    relooks, calls = looks - first_looks, await _evalsha_calls(redis) - before
+    relooks, calls = looks() - first_looks, await _evalsha_calls(redis) - before
     assert relooks >= count  # each looked again at least once meanwhile
     # one call per grid point at most (0.5 s / WAIT_GRID = 10); a call per waiter
     # woken at its own microsecond would be hundreds
