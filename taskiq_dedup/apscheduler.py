@@ -477,8 +477,10 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
         # as one instance, so a later one may take the lease its predecessor holds
         lease_token = self.firings.claims.new_attempt()
         try:
-            for run_time in run_times:
-                await self._decide_one(job, trigger, schedule_id, run_time, lease_token)
+            for index, run_time in enumerate(run_times):
+                await self._decide_one(
+                    job, trigger, schedule_id, run_time, lease_token, stagger=index == 0
+                )
         except Exception:
             logger.exception("Deciding job %r (%s) failed", job.id, schedule_id)
 
@@ -489,9 +491,13 @@ class DedupExecutor(BaseExecutor):  # type: ignore[misc] # APScheduler 3 is unty
         schedule_id: str,
         run_time: datetime,
         lease_token: str,
+        *,
+        stagger: bool,
     ) -> None:
         try:
-            attempt = await self.firings.acquire(schedule_id, trigger.at(run_time), self.clock())
+            attempt = await self.firings.acquire(
+                schedule_id, trigger.at(run_time), self.clock(), stagger=stagger
+            )
         except REDIS_ERRORS as exc:
             self._stats.redis_errors += 1
             running = self.on_redis_error == "run"

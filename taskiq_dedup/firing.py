@@ -5,11 +5,12 @@ any kind (it knows schedules only by id and trigger, not taskiq or APScheduler):
 
 1. ``acquire`` offers the trigger's candidate slots and gets the earliest unsent
    one, pending under this attempt's lease. Its first claim waits for this
-   process's stagger step of the schedule (0-15 ms), so that the schedulers of a
-   tick share its firings. Another sender's live pending claim is
-   waited for - it confirms (nothing to do), releases after a failed send, or lapses
-   (its process died) and is taken over - for at most ``wait`` seconds, or while
-   it sees the holder renew its lease (up to ``MAX_RENEWED`` more).
+   process's stagger step of the schedule (0-20 ms), so that the schedulers of a
+   tick share its firings (not for a late send or a later run time: ``stagger``).
+   Another sender's live pending claim is waited for - it confirms (nothing to do),
+   releases after a failed send, or lapses (its process died) and is taken over -
+   for at most ``wait`` seconds, or while it sees the holder renew its lease (up to
+   ``MAX_RENEWED`` more).
 2. The adapter sends the firing, then calls ``confirm``; a failed send calls
    ``release``, so a waiting scheduler sends at once.
 
@@ -28,10 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import hashlib
 import logging
 import math
 import time
-import zlib
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -104,8 +105,8 @@ of 100 firings a tick: p50 lateness 1.22x -> 0.91x bare (docs/BENCHMARKS.md)."""
 STAGGER_STEP = 0.005
 """Seconds between stagger steps: longer than the spread of schedulers' wake-ups at a
 tick's start on a busy host, short against a tick's sends (100 kicks take ~60 ms).
-The last step claims 15 ms after the first; alone, a scheduler sends the first
-step's firings meanwhile."""
+The last step claims 15-20 ms after the first (steps start at the next step
+boundary); alone, a scheduler sends the first step's firings meanwhile."""
 
 MAX_CLAIMS_IN_FLIGHT = 1000
 """Claim calls one coordinator has made and not yet had answered, at most; more
@@ -118,10 +119,12 @@ process's own sends) and fail with Redis healthy. 1000 is one pipelined round tr
 CONFIRM_HOLD = 0.1
 """Seconds a confirm waits at most for this process's other won sends still in
 flight, so that one tick's confirms go to Redis together, once its last kick is in
-the broker (or the hold is over): one call for the tick's confirms, made after its
-kicks instead of between them. A healthy broker takes a tick's kicks well within
-it; a slow or hung send holds the others' confirms no longer than this, and every
-held claim's lease is renewed meanwhile. Only the confirm waits: the firing is in
+the broker (or the hold is over): one call for the confirms of the sends won so far,
+made after their kicks instead of between them (a tick whose later stagger steps are
+won after its first step's kicks returned confirms in up to ``STAGGER_STEPS`` calls).
+A healthy broker takes a tick's kicks well within it; a slow or hung send holds the
+others' confirms no longer than this, and every held claim's lease is renewed
+meanwhile. Only the confirm waits: the firing is in
 the broker already."""
 
 MAX_KNOWN_CURSORS = 100_000
@@ -187,12 +190,20 @@ def _wake(woken: asyncio.Future[None]) -> None:
 
 
 def _stagger_step(holder: str, schedule_id: str) -> int:
-    """Return this process's step for its first claim of ``schedule_id`` (``STAGGER_STEPS``)."""
-    return zlib.crc32(f"{holder}\x00{schedule_id}".encode("utf-8", "surrogatepass")) % STAGGER_STEPS
+    """Return this process's step for its first claim of ``schedule_id`` (``STAGGER_STEPS``).
+
+    A mixing hash: with a linear one (CRC32), two holder names of one length get the
+    same step difference for every schedule id of one length (all 32-character ids),
+    so some pairs of schedulers would never be staggered against each other.
+    """
+    text = f"{holder}\x00{schedule_id}".encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(text, digest_size=4).digest(), "big") % STAGGER_STEPS
 
 
 async def _sleep_to_step(step: int) -> None:
-    """Sleep until ``step`` steps of ``STAGGER_STEP`` past the current step's start.
+    """Sleep until ``step`` steps of ``STAGGER_STEP`` past the next step boundary.
+
+    Step ``n`` (n >= 1) wakes 5n to 5(n + 1) ms from now: steps stay a step apart.
 
     Computed, not measured, like ``_sleep_on_grid``: a tick's claims of one step wake
     in one loop turn and go as one call. Step 0 does not sleep.
@@ -374,27 +385,36 @@ class FiringCoordinator:
         self._cursors[key] = cursor
 
     async def acquire(
-        self, schedule_id: str, trigger: Trigger | SlotTrigger, now: datetime
+        self,
+        schedule_id: str,
+        trigger: Trigger | SlotTrigger,
+        now: datetime,
+        *,
+        stagger: bool = True,
     ) -> Attempt | None:
         """Win the earliest unsent slot due at ``now``, or return ``None`` if it is not ours.
+
+        ``stagger``: wait for this process's stagger step before the first claim, as a
+        tick's firings do (``STAGGER_STEPS``); ``False`` for a claim that is not part of
+        a tick (a late re-send, a job's later run times).
 
         :raises RedisError: Redis failed for the claim's whole retry window.
         """
         started = time.monotonic()
         try:
-            return await self._acquire(schedule_id, trigger, now)
+            return await self._acquire(schedule_id, trigger, now, stagger=stagger)
         finally:
             self.histograms["claim_seconds"].observe(time.monotonic() - started)
 
     async def _acquire(
-        self, schedule_id: str, trigger: Trigger | SlotTrigger, now: datetime
+        self, schedule_id: str, trigger: Trigger | SlotTrigger, now: datetime, *, stagger: bool
     ) -> Attempt | None:
         key = self.key(schedule_id)
         # no history: the last, current, is taken
         candidates = after_cursor(due_slots(trigger, now), self._cursors.get(key))
         token = self.claims.new_attempt()
         ttl_ms = self.state_ttl_ms(trigger, candidates[-1], now)
-        if not self._in_flight.taken:  # a burst's turns interleave schedulers' claims already
+        if stagger and not self._in_flight.taken:  # a burst's turns interleave them already
             await _sleep_to_step(_stagger_step(self.claims.holder, schedule_id))
         claim = await self._win(schedule_id, key, token, candidates, ttl_ms)
         if claim is None:

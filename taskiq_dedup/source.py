@@ -602,7 +602,9 @@ class CompositeScheduleSource(ScheduleSource):
             if delay:
                 await asyncio.sleep(delay)
             try:
-                attempt = await self.firings.acquire(entry.schedule_id, entry.trigger, self.clock())
+                attempt = await self.firings.acquire(
+                    entry.schedule_id, entry.trigger, self.clock(), stagger=False
+                )
             except RedisError as exc:
                 logger.error(  # noqa: TRY400
                     "Cannot claim late firings of schedule %s (%s); a later tick retries",

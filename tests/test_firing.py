@@ -387,6 +387,7 @@ async def test_a_process_waiters_look_again_together_in_one_call(
     redis: Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """docs/DESIGN.md: waits end on a shared grid, so one process's looks share a call."""
+    monkeypatch.setattr("taskiq_dedup.firing.STAGGER_STEPS", 1)  # every first look at once
     holder = coordinator_on(redis, prefix, "a")  # a 30 s lease: live all along
     waiter = coordinator_on(redis, prefix, "b")
     count = 200
@@ -407,11 +408,21 @@ async def test_a_process_waiters_look_again_together_in_one_call(
     await holder.close()
 
 
-async def test_schedulers_of_one_tick_share_its_firings(redis: Redis, prefix: str) -> None:
+@pytest.mark.parametrize(
+    ("holders", "schedule_id"),
+    [
+        (("a", "b", "c"), "s{n}"),
+        # one length each: a linear hash (CRC32) gave such pairs one step for every id
+        (("host:1000", "host:1001", "host:1002"), "{n:032x}"),
+    ],
+)
+async def test_schedulers_of_one_tick_share_its_firings(
+    redis: Redis, prefix: str, holders: tuple[str, ...], schedule_id: str
+) -> None:
     """docs/DESIGN.md: first claims are staggered per (process, schedule), so the winners
     of a tick's firings are spread over the schedulers instead of the first to reach Redis.
     """
-    coordinators = [coordinator_on(redis, prefix, name) for name in ("a", "b", "c")]
+    coordinators = [coordinator_on(redis, prefix, name) for name in holders]
     count = 300
 
     async def fire(coordinator: FiringCoordinator, schedule: str) -> str | None:
@@ -421,11 +432,13 @@ async def test_schedulers_of_one_tick_share_its_firings(redis: Redis, prefix: st
         await coordinator.confirm(attempt)  # sent: the others see it and cancel
         return coordinator.claims.holder
 
-    winners = await asyncio.gather(*(fire(c, f"s{n}") for n in range(count) for c in coordinators))
-    won = [winners.count(name) for name in ("a", "b", "c")]
+    winners = await asyncio.gather(
+        *(fire(c, schedule_id.format(n=n)) for n in range(count) for c in coordinators)
+    )
+    won = [winners.count(name) for name in holders]
     assert sum(won) == count  # each firing once
-    # unstaggered, "a"'s tick goes as one call first and wins all 300; staggered over 4
-    # steps each wins ~22-47 % (ties go to the first caller)
+    # unstaggered, the first coordinator's tick goes as one call first and wins all 300;
+    # staggered over 4 steps each wins ~22-47 % (ties go to the first caller)
     assert min(won) >= count // 10, won
     for coordinator in coordinators:
         await coordinator.close()
@@ -437,19 +450,20 @@ async def test_claims_beyond_the_in_flight_limit_are_not_staggered(
     """docs/DESIGN.md: a burst's turns interleave the schedulers' claims; no step is added."""
     monkeypatch.setattr("taskiq_dedup.firing.MAX_CLAIMS_IN_FLIGHT", 5)
     coordinator = coordinator_on(redis, prefix, "a")
-    staggered = 0
+    staggered: list[bool] = []  # per staggered claim: whether every turn was taken
     sleep_to_step = firing._sleep_to_step
 
     async def counted(step: int) -> None:
-        nonlocal staggered
-        staggered += 1
+        staggered.append(coordinator._in_flight.taken)
         await sleep_to_step(step)
 
     monkeypatch.setattr("taskiq_dedup.firing._sleep_to_step", counted)
     won = await asyncio.gather(*(coordinator.acquire(f"s{n}", minutely(), NOW) for n in range(50)))
     assert all(attempt is not None for attempt in won)
     # the first claims take the 5 turns; once they are all taken the rest queue unstaggered
-    assert 0 < staggered < 25, staggered
+    assert staggered, "the first claims are staggered"
+    assert not any(staggered), "no claim is staggered once every turn is taken"
+    assert len(staggered) < 50
     await coordinator.close()
 
 
