@@ -100,7 +100,7 @@ STAGGER_STEPS = 4
 tick then win about equal shares of its firings and send them in parallel, instead
 of the first to reach Redis winning every firing of the tick (its claims go as one
 call) and sending them all while the others wait. Measured with three schedulers
-of 100 firings a tick: p50 lateness 1.22x -> 0.91x bare (docs/BENCHMARKS.md)."""
+of 100 firings a tick: p50 lateness 1.22x -> 0.89x bare (docs/BENCHMARKS.md)."""
 
 STAGGER_STEP = 0.005
 """Seconds between stagger steps: longer than the spread of schedulers' wake-ups at a
