@@ -97,7 +97,7 @@ scheduler takes the slot over while it is still within ``LATE_WINDOW`` (2 min)."
 STAGGER_STEPS = 4
 """A scheduler makes its first claim of a firing in one of this many steps of
 ``STAGGER_STEP``, chosen per (process, schedule) by a hash: the schedulers of one
-tick then win about equal shares of its firings and send them in parallel, instead
+tick then win shares of its firings and send them in parallel, instead
 of the first to reach Redis winning every firing of the tick (its claims go as one
 call) and sending them all while the others wait. Measured with three schedulers
 of 100 firings a tick: p50 lateness 1.22x -> 0.89x bare (docs/BENCHMARKS.md)."""
@@ -124,8 +124,7 @@ made after their kicks instead of between them (a tick whose later stagger steps
 won after its first step's kicks returned confirms in up to ``STAGGER_STEPS`` calls).
 A healthy broker takes a tick's kicks well within it; a slow or hung send holds the
 others' confirms no longer than this, and every held claim's lease is renewed
-meanwhile. Only the confirm waits: the firing is in
-the broker already."""
+meanwhile. Only the confirm waits: the firing is in the broker already."""
 
 MAX_KNOWN_CURSORS = 100_000
 """Schedules whose last seen cursor this process keeps (``FiringCoordinator``): one
@@ -170,14 +169,21 @@ def after_cursor(candidates: list[int], cursor: int | None) -> list[int]:
 
 
 async def _sleep_on_grid(delay: float) -> None:
-    """Sleep at least ``delay`` seconds, until the next point of the ``WAIT_GRID`` grid.
+    """Sleep at least ``delay`` seconds, until the next point of the ``WAIT_GRID`` grid."""
+    loop = asyncio.get_running_loop()
+    await _sleep_until(math.ceil((loop.time() + delay) / WAIT_GRID) * WAIT_GRID)
 
-    The wake-up time is computed, not measured: every sleeper of one grid point gets
-    the same timer time, and the event loop runs them all in one turn.
+
+async def _sleep_until(when: float) -> None:
+    """Sleep until the event loop's time ``when``, computed by the caller.
+
+    Every sleeper given the same computed time gets the same timer time, and the
+    event loop runs them all in one turn (``asyncio.sleep`` reads the clock again for
+    each, microseconds apart). A cancelled sleeper leaves no timer behind.
     """
     loop = asyncio.get_running_loop()
     woken: asyncio.Future[None] = loop.create_future()
-    timer = loop.call_at(math.ceil((loop.time() + delay) / WAIT_GRID) * WAIT_GRID, _wake, woken)
+    timer = loop.call_at(when, _wake, woken)
     try:
         await woken
     finally:
@@ -203,21 +209,13 @@ def _stagger_step(holder: str, schedule_id: str) -> int:
 async def _sleep_to_step(step: int) -> None:
     """Sleep until ``step`` steps of ``STAGGER_STEP`` past the next step boundary.
 
-    Step ``n`` (n >= 1) wakes 5n to 5(n + 1) ms from now: steps stay a step apart.
-
-    Computed, not measured, like ``_sleep_on_grid``: a tick's claims of one step wake
-    in one loop turn and go as one call. Step 0 does not sleep.
+    Step ``n`` (n >= 1) wakes 5n to 5(n + 1) ms from now: steps stay a step apart, and
+    a tick's claims of one step wake in one loop turn and go as one call. Step 0 does
+    not sleep.
     """
-    if step == 0:
-        return
-    loop = asyncio.get_running_loop()
-    woken: asyncio.Future[None] = loop.create_future()
-    start = math.ceil(loop.time() / STAGGER_STEP) * STAGGER_STEP
-    timer = loop.call_at(start + step * STAGGER_STEP, _wake, woken)
-    try:
-        await woken
-    finally:
-        timer.cancel()
+    if step:
+        start = math.ceil(asyncio.get_running_loop().time() / STAGGER_STEP) * STAGGER_STEP
+        await _sleep_until(start + step * STAGGER_STEP)
 
 
 class _Turns:
