@@ -394,7 +394,10 @@ async def test_a_process_waiters_look_again_together_in_one_call(
     won = await asyncio.gather(*(holder.acquire(f"s{n}", minutely(), NOW) for n in range(count)))
     looks = count_claims(monkeypatch, waiter)
     waits = asyncio.gather(*(waiter.acquire(f"s{n}", minutely(), NOW) for n in range(count)))
-    await asyncio.sleep(0.02)  # every first look is answered: pending
+    deadline = time.monotonic() + 5
+    while looks() < count or waiter._waiting < count:  # every first look answered: pending
+        assert time.monotonic() < deadline, (looks(), waiter._waiting)
+        await asyncio.sleep(0.001)
     first_looks, before = looks(), await _evalsha_calls(redis)
     await asyncio.sleep(0.5)
     relooks, calls = looks() - first_looks, await _evalsha_calls(redis) - before
@@ -416,32 +419,63 @@ async def test_a_process_waiters_look_again_together_in_one_call(
         (("host:1000", "host:1001", "host:1002"), "{n:032x}"),
     ],
 )
-async def test_schedulers_of_one_tick_share_its_firings(
-    redis: Redis, prefix: str, holders: tuple[str, ...], schedule_id: str
+def test_stagger_steps_make_each_scheduler_first_for_a_share_of_schedules(
+    holders: tuple[str, ...], schedule_id: str
 ) -> None:
-    """docs/DESIGN.md: first claims are staggered per (process, schedule), so the winners
-    of a tick's firings are spread over the schedulers instead of the first to reach Redis.
-    """
-    coordinators = [coordinator_on(redis, prefix, name) for name in holders]
-    count = 300
+    """docs/DESIGN.md: each scheduler's step is the only earliest one for a share of ids."""
+    ids = [schedule_id.format(n=n) for n in range(300)]
+    first = [0] * len(holders)
+    for schedule in ids:
+        steps = [firing._stagger_step(holder, schedule) for holder in holders]
+        if steps.count(min(steps)) == 1:
+            first[steps.index(min(steps))] += 1
+    # uniform steps: each is the only earliest for ~1/5 of ids; never for none
+    assert min(first) >= len(ids) // 10, first
 
-    async def fire(coordinator: FiringCoordinator, schedule: str) -> str | None:
-        attempt = await coordinator.acquire(schedule, minutely(), NOW)
-        if attempt is None:
-            return None
-        await coordinator.confirm(attempt)  # sent: the others see it and cancel
-        return coordinator.claims.holder
 
-    winners = await asyncio.gather(
-        *(fire(c, schedule_id.format(n=n)) for n in range(count) for c in coordinators)
-    )
-    won = [winners.count(name) for name in holders]
-    assert sum(won) == count  # each firing once
-    # unstaggered, the first coordinator's tick goes as one call first and wins all 300;
-    # staggered over 4 steps each wins ~22-47 % (ties go to the first caller)
-    assert min(won) >= count // 10, won
-    for coordinator in coordinators:
-        await coordinator.close()
+async def test_first_claims_go_in_step_order(
+    redis: Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/DESIGN.md: a tick's first claims are made step by step, each step together."""
+    coordinator = coordinator_on(redis, prefix, "a")
+    made: list[str] = []  # the schedule of each claim call, in the order made
+    claim = coordinator.claims.claim
+
+    async def recorded(key: str, *args: object, **kwargs: object) -> object:
+        made.append(key)
+        return await claim(key, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(coordinator.claims, "claim", recorded)
+    schedules = [f"s{n}" for n in range(40)]
+    won = await asyncio.gather(*(coordinator.acquire(s, minutely(), NOW) for s in schedules))
+    assert all(attempt is not None for attempt in won)
+    step_of = {coordinator.key(s): firing._stagger_step("a", s) for s in schedules}
+    steps = [step_of[key] for key in made]
+    assert steps == sorted(steps)  # no claim of a later step before one of an earlier step
+    assert len(set(steps)) == firing.STAGGER_STEPS  # 40 schedules use every step
+    await coordinator.close()
+
+
+async def test_a_claim_cancelled_during_its_stagger_step_claims_nothing(
+    redis: Redis, prefix: str
+) -> None:
+    """docs/DESIGN.md: a send task cancelled (or a process dying) while it waits for its
+    step has made no claim: nothing is left to lapse, and another scheduler wins at once."""
+    first = coordinator_on(redis, prefix, "a")
+    schedule = next(f"s{n}" for n in range(100) if firing._stagger_step("a", f"s{n}") == 3)
+    waiting = asyncio.create_task(first.acquire(schedule, minutely(), NOW))
+    await asyncio.sleep(0)  # it runs up to its step's sleep
+    assert not waiting.done()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert await redis.exists(first.key(schedule)) == 0  # no claim was made
+    other = coordinator_on(redis, prefix, "b")
+    started = time.monotonic()
+    attempt = await other.acquire(schedule, minutely(), NOW, stagger=False)
+    assert attempt is not None  # won at once: no pending claim to wait out
+    assert time.monotonic() - started < 1
+    await other.close()
 
 
 async def test_claims_beyond_the_in_flight_limit_are_not_staggered(
