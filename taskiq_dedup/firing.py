@@ -210,8 +210,9 @@ async def _sleep_to_step(step: int) -> None:
     """Sleep until ``step`` steps of ``STAGGER_STEP`` past the next step boundary.
 
     Step ``n`` (n >= 1) wakes 5n to 5(n + 1) ms from now: steps stay a step apart, and
-    a tick's claims of one step wake in one loop turn and go as one call. Step 0 does
-    not sleep.
+    a tick's claims of one step wake in one loop turn and go as one call (a tick whose
+    starts straddle a boundary wakes its later starts' step n with its earlier starts'
+    step n + 1: still on the grid, still one call per grid point). Step 0 does not sleep.
     """
     if step:
         start = math.ceil(asyncio.get_running_loop().time() / STAGGER_STEP) * STAGGER_STEP

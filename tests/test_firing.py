@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -446,6 +447,12 @@ async def test_first_claims_go_in_step_order(
         return await claim(key, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(coordinator.claims, "claim", recorded)
+    # Steps count from the next step boundary after each claim's start: claims started
+    # on either side of a boundary share timer times (step n of one, n + 1 of the other).
+    # A long step, entered just past a boundary, keeps all 40 starts in one window.
+    monkeypatch.setattr("taskiq_dedup.firing.STAGGER_STEP", 0.1)
+    step = firing.STAGGER_STEP
+    await firing._sleep_until(math.ceil(asyncio.get_running_loop().time() / step) * step)
     schedules = [f"s{n}" for n in range(40)]
     won = await asyncio.gather(*(coordinator.acquire(s, minutely(), NOW) for s in schedules))
     assert all(attempt is not None for attempt in won)
