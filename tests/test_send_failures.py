@@ -153,9 +153,12 @@ async def tick(scheduler: TaskiqScheduler, source: CompositeScheduleSource) -> B
 async def test_a_failed_send_is_sent_by_a_waiting_replica(world: World) -> None:
     sick, sick_source, sick_broker = await world.scheduler({"interval": 60})
     healthy, healthy_source, _ = await world.scheduler({"interval": 60})
-    sick_broker.fail = 99  # a broken broker connection: every kick fails
-    results = await asyncio.gather(tick(sick, sick_source), tick(healthy, healthy_source))
-    assert isinstance(results[0], SendTaskError)  # the sick replica won the claim first
+    sick_broker.fail = 99  # a broken broker connection: every kick fails, after a while
+    sick_broker.delay = 0.3
+    sick_tick = asyncio.create_task(tick(sick, sick_source))
+    await eventually(lambda: sick_source.firings.stats.claimed == 1, timeout=10)
+    assert await tick(healthy, healthy_source) is None  # waited out the sick send, then sent
+    assert isinstance(await sick_tick, SendTaskError)  # the sick replica had won the claim
     assert len(world.executed) == 1
     assert sick_source.stats.send_failures == 1
     assert healthy_source.stats.fired == 1
