@@ -52,6 +52,13 @@ def _absolute(absolute: dict[str, float], unit: str) -> str:
     )
 
 
+def _param(value: object) -> str:
+    """A parameter as written in the benchmark: a dict's keys bare, as before a JSON round trip."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {_param(item)}" for key, item in value.items()) + "}"
+    return str(value)
+
+
 def _goal_rows(benchmarks: list[dict[str, Any]]) -> list[str]:
     lines = ["| benchmark | goal | figure (median) | met |", "|---|---|---|---|"]
     for bench in benchmarks:
@@ -146,7 +153,7 @@ def render(data: dict[str, Any], figures: list[plots.Plot] | None = None) -> str
             bench["method"],
             "",
             "Parameters: "
-            + ", ".join(f"{key} = {value}" for key, value in bench["params"].items())
+            + ", ".join(f"{key} = {_param(value)}" for key, value in bench["params"].items())
             + f"; took {bench['seconds']:.0f} s.",
             "",
             *_table(bench),
