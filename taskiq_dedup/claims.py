@@ -15,6 +15,10 @@ only by the four scripts below. Its fields:
 - ``lapsed``: the slot of a lapsed claim the pending (or released) attempt took
   over to send again (``''`` if none): its dead sender may have sent it, so a
   later claim that passes it unsent reports it unconfirmed, not missed;
+- ``looked``: ``"<slot> <token>"`` of the last attempt that found a slot taken
+  (pending or sent): it tells the next winner another scheduler is running, so
+  that it keeps staggering its first claims (``firing.STAGGER_STEPS``). Timing
+  only: no decision reads it;
 - ``log``: the firing ledger (``ledger``), appended by confirm and release, read by
   no script.
 
@@ -68,11 +72,13 @@ CLAIM_SCRIPT = """
 -- string (one reply element parses far faster than six; the holder, last, may hold
 -- spaces; sent-before and unconfirmed are empty when there is none):
 --   'won'      this attempt now holds slot, pending (also a retry of a claim
---              whose reply was lost)
+--              whose reply was lost); other-holder: the last other attempt that
+--              found the cursor's slot or a later one taken ('looked'), or ''
 --   'takeover' as 'won', after the other holder's pending lease had lapsed
 --   'pending'  the other holder is sending slot under a live lease
 --   'sent'     every candidate is sent already (slot = the cursor; 0 when the
 --              state has no history and ARGV[4] is '')
+-- 'pending' and 'sent' (of a state that exists) record this attempt in 'looked'.
 -- unconfirmed: '' or, for a claim that passes a lapsed claim's own slot (it left
 --   the candidates), that slot: after 'sent before', before slot, and perhaps sent
 --   by the lapsed sender, which died after its kick or before it. The lapsed claim
@@ -84,13 +90,14 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local h = redis.call('HMGET', KEYS[1], 'sent', 'slot', 'holder', 'lease_until', 'sent_by', 'from',
-  'unconfirmed', 'lapsed')
+  'unconfirmed', 'lapsed', 'looked')
 local sent, holder = h[1], h[3]
 if holder == ARGV[1] then  -- a retry whose first reply was lost: the lease starts now
   redis.call('HSET', KEYS[1], 'lease_until', string.format('%.0f', now + tonumber(ARGV[2])))
   return reply('won', h[2], h[6] or '', '', 0, h[7] or '')
 end
 if holder and tonumber(h[4]) > now then
+  redis.call('HSET', KEYS[1], 'looked', h[2] .. ' ' .. ARGV[1])
   return reply('pending', h[2], sent or '', holder, tonumber(h[4]) - now, '')
 end
 local after = sent
@@ -109,6 +116,7 @@ else
   end
 end
 if not pick then
+  redis.call('HSET', KEYS[1], 'looked', after .. ' ' .. ARGV[1])
   return reply('sent', after, after, h[5] or '', 0, '')
 end
 -- A lapsed claim's slot that this claim passes is not missed: its sender may have
@@ -142,7 +150,14 @@ end
 if holder then
   return reply('takeover', pick, after or '', holder, 0, unconfirmed)
 end
-return reply('won', pick, after or '', '', 0, unconfirmed)
+local looker = ''
+if h[9] and after then
+  local slot, token = string.match(h[9], '^(%d+) (.*)$')
+  if slot and tonumber(slot) >= tonumber(after) then
+    looker = token
+  end
+end
+return reply('won', pick, after or '', looker, 0, unconfirmed)
 """
 
 CONFIRM_SCRIPT = (
@@ -263,7 +278,9 @@ class Claim:
     """The cursor before this claim (or just before a lapsed first send's slot):
     slots after it and before ``slot`` were missed, except ``unconfirmed``."""
     holder: str
-    """The other attempt: pending, taken over, or the sender of the cursor."""
+    """The other attempt: pending, taken over, or the sender of the cursor; for
+    'won', the last other attempt that found the cursor's slot or a later one taken
+    ('' if none, or a retry of a claim whose reply was lost)."""
     lease_left: float
     """Seconds the other attempt's pending lease has left ('pending' only)."""
     unconfirmed: int | None = None

@@ -6,7 +6,8 @@ any kind (it knows schedules only by id and trigger, not taskiq or APScheduler):
 1. ``acquire`` offers the trigger's candidate slots and gets the earliest unsent
    one, pending under this attempt's lease. Its first claim waits for this
    process's stagger step of the schedule (0-20 ms), so that the schedulers of a
-   tick share its firings (not for a late send or a later run time: ``stagger``).
+   tick share its firings (not for a late send or a later run time: ``stagger``,
+   nor where its last claim won with no other scheduler looking: alone).
    Another sender's live pending claim is waited for - it confirms (nothing to do),
    releases after a failed send, or lapses (its process died) and is taken over -
    for at most ``wait`` seconds, or while it sees the holder renew its lease (up to
@@ -100,13 +101,16 @@ STAGGER_STEPS = 4
 tick then win shares of its firings and send them in parallel, instead
 of the first to reach Redis winning every firing of the tick (its claims go as one
 call) and sending them all while the others wait. Measured with three schedulers
-of 100 firings a tick: p50 lateness 1.22x -> 0.89x bare (docs/BENCHMARKS.md)."""
+of 100 firings a tick: p50 lateness 1.22x -> 0.89x bare (docs/BENCHMARKS.md).
+A scheduler whose last claim of a schedule won with no other scheduler's look at
+it since (``claims``: 'looked') claims the next firing at once: alone, it pays no
+step; one joining is seen at the next tick, and staggered shares follow."""
 
 STAGGER_STEP = 0.005
 """Seconds between stagger steps: longer than the spread of schedulers' wake-ups at a
 tick's start on a busy host, short against a tick's sends (100 kicks take ~60 ms).
 The last step claims 15-20 ms after the first (steps start at the next step
-boundary); alone, a scheduler sends the first step's firings meanwhile."""
+boundary); a scheduler sends the first step's firings meanwhile."""
 
 MAX_CLAIMS_IN_FLIGHT = 1000
 """Claim calls one coordinator has made and not yet had answered, at most; more
@@ -334,6 +338,9 @@ class FiringCoordinator:
         self._cursors: dict[str, int] = {}
         """The latest cursor seen per firing state key: a claim offers only the slots
         after it (``after_cursor``), not the whole late window, at every tick."""
+        self._alone: set[str] = set()
+        """Firing state keys whose last claim here won with no other scheduler's look
+        at the slot before: the next claim of each is not staggered (``_unrivalled``)."""
         self._held: dict[str, tuple[Attempt, float]] = {}
         """Won claims not yet confirmed or released, by token, with when they were won
         (``time.monotonic``): the renewal loop keeps their leases live."""
@@ -413,7 +420,8 @@ class FiringCoordinator:
         candidates = after_cursor(due_slots(trigger, now), self._cursors.get(key))
         token = self.claims.new_attempt()
         ttl_ms = self.state_ttl_ms(trigger, candidates[-1], now)
-        if stagger and not self._in_flight.taken:  # a burst's turns interleave them already
+        if stagger and key not in self._alone and not self._in_flight.taken:
+            # (a burst's turns interleave the schedulers' claims already)
             await _sleep_to_step(_stagger_step(self.claims.holder, schedule_id))
         claim = await self._win(schedule_id, key, token, candidates, ttl_ms)
         if claim is None:
@@ -504,6 +512,7 @@ class FiringCoordinator:
                 except Exception:
                     self.stats.claim_errors += 1
                     raise
+                self._unrivalled(key, claim)
                 if claim.won:
                     self._saw_cursor(key, claim.slot - 1)
                     return claim
@@ -547,6 +556,22 @@ class FiringCoordinator:
         finally:
             if waiting:
                 self._waiting -= 1
+
+    def _unrivalled(self, key: str, claim: Claim) -> None:
+        """Remember whether ``claim`` shows this process alone on ``key``.
+
+        A win that no other scheduler's look at the slot before followed (``Claim.holder``
+        of 'won') means none is running, or none ran this schedule's last tick: its
+        next first claim is not staggered, so a lone scheduler sends each tick at once.
+        A loss, a takeover or another's look makes the next one staggered again: the
+        schedulers of a tick share its firings from the tick after one joins.
+        """
+        if claim.verdict == "won" and claim.holder.rpartition("#")[0] in ("", self.claims.holder):
+            if key not in self._alone and len(self._alone) >= MAX_KNOWN_CURSORS:
+                self._alone.clear()
+            self._alone.add(key)
+        else:
+            self._alone.discard(key)
 
     def _gave_up(self, schedule_id: str, key: str, claim: Claim, waited: float) -> None:
         self.stats.waits_given_up += 1

@@ -79,6 +79,40 @@ async def test_a_live_pending_claim_makes_others_wait(client: Redis, key: str) -
     assert 99_990 < other.lease_left <= 100_000
 
 
+async def test_a_win_names_the_last_other_attempt_that_found_a_slot_taken(
+    client: Redis, key: str
+) -> None:
+    """docs/DESIGN.md: 'looked' tells a winner another scheduler is running (timing only)."""
+    a, b = claims_on(client, "a"), claims_on(client, "b")
+
+    async def won_by_a(slot: int) -> str:
+        """a wins and sends ``slot``; the other attempt its win named."""
+        attempt = a.new_attempt()
+        claim = await a.claim(key, attempt, [slot], TTL_MS)
+        assert claim.won
+        assert await a.confirm(key, attempt, slot, TTL_MS)
+        return claim.holder
+
+    assert await won_by_a(10) == ""  # a new state
+    pending = a.new_attempt()
+    assert (await a.claim(key, pending, [20], TTL_MS)).holder == ""  # nobody looked at 10
+    assert (await b.claim(key, "b#1", [20], TTL_MS)).verdict == "pending"  # b looks at 20
+    assert await client.hget(key, "looked") == b"20 b#1"
+    assert await a.confirm(key, pending, 20, TTL_MS)
+    assert (await b.claim(key, "b#2", [20], TTL_MS)).verdict == "sent"  # and again
+    assert await won_by_a(30) == "b#2"
+    # b's look at 20, before the cursor (30), is no rival of slot 40's claim
+    assert await won_by_a(40) == ""
+    # a state without the record (lost with Redis's data) names none
+    await client.hset(key, "looked", "40 b#3")
+    await client.delete(key)
+    assert await won_by_a(50) == ""
+    # a catch-up claim of a state with no history writes nothing
+    await client.delete(key)
+    assert (await b.claim(key, "b#4", [60], TTL_MS, fresh=False)).verdict == "sent"
+    assert not await client.exists(key)
+
+
 async def test_a_new_schedule_wins_the_current_slot_it_is_given(client: Redis, key: str) -> None:
     """A cron tick within the clock skew offers a slot still ahead: ``current`` names
     the one a schedule with no history starts from."""

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -461,6 +461,44 @@ async def test_first_claims_go_in_step_order(
     assert steps == sorted(steps)  # no claim of a later step before one of an earlier step
     assert len(set(steps)) == firing.STAGGER_STEPS  # 40 schedules use every step
     await coordinator.close()
+
+
+async def test_a_lone_scheduler_stops_staggering_and_staggers_again_once_another_looks(
+    redis: Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/DESIGN.md: alone, only a schedule's first claim waits for its step."""
+    stepped: list[str] = []  # the holder of each claim that waited for its step
+    sleep_to_step = firing._sleep_to_step
+
+    def counting(holder: str) -> Callable[[int], Awaitable[None]]:
+        async def counted(step: int) -> None:
+            stepped.append(holder)
+            await sleep_to_step(step)
+
+        return counted
+
+    a, b = coordinator_on(redis, prefix, "a"), coordinator_on(redis, prefix, "b")
+    minute = timedelta(minutes=1)
+
+    async def tick(coordinator: FiringCoordinator, now: datetime) -> bool:
+        monkeypatch.setattr(
+            "taskiq_dedup.firing._sleep_to_step", counting(coordinator.claims.holder)
+        )
+        attempt = await coordinator.acquire("s", minutely(), now)
+        if attempt is not None:
+            await coordinator.confirm(attempt)
+        return attempt is not None
+
+    for n in range(3):  # a alone: the first claim is staggered, the next ones are not
+        assert await tick(a, NOW + n * minute)
+    assert stepped == ["a"]
+    assert not await tick(b, NOW + 2 * minute)  # b starts, and looks at a's firing
+    assert await tick(a, NOW + 3 * minute)  # claimed at once; its win names b's look
+    assert await tick(a, NOW + 4 * minute)  # staggered again
+    assert stepped == ["a", "b", "a"]
+    assert not await tick(b, NOW + 4 * minute)
+    await a.close()
+    await b.close()
 
 
 async def test_a_claim_cancelled_during_its_stagger_step_claims_nothing(
