@@ -18,7 +18,8 @@ only by the four scripts below. Its fields:
 - ``looked``: ``"<slot> <token>"`` of the last attempt that found a slot taken
   (pending or sent): it tells the next winner another scheduler is running, so
   that it keeps staggering its first claims (``firing.STAGGER_STEPS``). Timing
-  only: no decision reads it;
+  only: no decision reads it, and its write may fail (``pcall``: an out-of-memory
+  Redis) without failing the claim;
 - ``log``: the firing ledger (``ledger``), appended by confirm and release, read by
   no script.
 
@@ -72,13 +73,16 @@ CLAIM_SCRIPT = """
 -- string (one reply element parses far faster than six; the holder, last, may hold
 -- spaces; sent-before and unconfirmed are empty when there is none):
 --   'won'      this attempt now holds slot, pending (also a retry of a claim
---              whose reply was lost); other-holder: the last other attempt that
---              found the cursor's slot or a later one taken ('looked'), or ''
+--              whose reply was lost); other-holder: a rival, the last attempt that
+--              found the cursor's slot or a later one taken ('looked'; perhaps this
+--              process's own), else the cursor's sender if another holder's; ''
+--              if none (or a retry): no other scheduler ran the last slot
 --   'takeover' as 'won', after the other holder's pending lease had lapsed
 --   'pending'  the other holder is sending slot under a live lease
 --   'sent'     every candidate is sent already (slot = the cursor; 0 when the
 --              state has no history and ARGV[4] is '')
--- 'pending' and 'sent' (of a state that exists) record this attempt in 'looked'.
+-- 'pending' and 'sent' (of a state that exists) record this attempt in 'looked';
+-- that write is timing only, so pcall: refused (out of memory), the verdict stands.
 -- unconfirmed: '' or, for a claim that passes a lapsed claim's own slot (it left
 --   the candidates), that slot: after 'sent before', before slot, and perhaps sent
 --   by the lapsed sender, which died after its kick or before it. The lapsed claim
@@ -97,7 +101,7 @@ if holder == ARGV[1] then  -- a retry whose first reply was lost: the lease star
   return reply('won', h[2], h[6] or '', '', 0, h[7] or '')
 end
 if holder and tonumber(h[4]) > now then
-  redis.call('HSET', KEYS[1], 'looked', h[2] .. ' ' .. ARGV[1])
+  redis.pcall('HSET', KEYS[1], 'looked', h[2] .. ' ' .. ARGV[1])
   return reply('pending', h[2], sent or '', holder, tonumber(h[4]) - now, '')
 end
 local after = sent
@@ -116,7 +120,7 @@ else
   end
 end
 if not pick then
-  redis.call('HSET', KEYS[1], 'looked', after .. ' ' .. ARGV[1])
+  redis.pcall('HSET', KEYS[1], 'looked', after .. ' ' .. ARGV[1])
   return reply('sent', after, after, h[5] or '', 0, '')
 end
 -- A lapsed claim's slot that this claim passes is not missed: its sender may have
@@ -150,14 +154,17 @@ end
 if holder then
   return reply('takeover', pick, after or '', holder, 0, unconfirmed)
 end
-local looker = ''
+local rival = ''
 if h[9] and after then
   local slot, token = string.match(h[9], '^(%d+) (.*)$')
   if slot and tonumber(slot) >= tonumber(after) then
-    looker = token
+    rival = token
   end
 end
-return reply('won', pick, after or '', looker, 0, unconfirmed)
+if rival == '' and h[5] and string.match(h[5], '^(.*)#') ~= string.match(ARGV[1], '^(.*)#') then
+  rival = h[5]
+end
+return reply('won', pick, after or '', rival, 0, unconfirmed)
 """
 
 CONFIRM_SCRIPT = (
@@ -278,9 +285,10 @@ class Claim:
     """The cursor before this claim (or just before a lapsed first send's slot):
     slots after it and before ``slot`` were missed, except ``unconfirmed``."""
     holder: str
-    """The other attempt: pending, taken over, or the sender of the cursor; for
-    'won', the last other attempt that found the cursor's slot or a later one taken
-    ('' if none, or a retry of a claim whose reply was lost)."""
+    """The other attempt: pending, taken over, or the sender of the cursor. For
+    'won', a rival: the last attempt that found the cursor's slot or a later one
+    taken (perhaps this process's own), else the cursor's sender if another
+    holder's; '' if none (or a retry of a claim whose reply was lost)."""
     lease_left: float
     """Seconds the other attempt's pending lease has left ('pending' only)."""
     unconfirmed: int | None = None

@@ -7,7 +7,7 @@ any kind (it knows schedules only by id and trigger, not taskiq or APScheduler):
    one, pending under this attempt's lease. Its first claim waits for this
    process's stagger step of the schedule (0-20 ms), so that the schedulers of a
    tick share its firings (not for a late send or a later run time: ``stagger``,
-   nor where its last claim won with no other scheduler looking: alone).
+   nor where its last claim won with no rival: alone).
    Another sender's live pending claim is waited for - it confirms (nothing to do),
    releases after a failed send, or lapses (its process died) and is taken over -
    for at most ``wait`` seconds, or while it sees the holder renew its lease (up to
@@ -102,9 +102,10 @@ tick then win shares of its firings and send them in parallel, instead
 of the first to reach Redis winning every firing of the tick (its claims go as one
 call) and sending them all while the others wait. Measured with three schedulers
 of 100 firings a tick: p50 lateness 1.22x -> 0.89x bare (docs/BENCHMARKS.md).
-A scheduler whose last claim of a schedule won with no other scheduler's look at
-it since (``claims``: 'looked') claims the next firing at once: alone, it pays no
-step; one joining is seen at the next tick, and staggered shares follow."""
+A scheduler whose last claim of a schedule won with no rival (no look at the slot
+before, ``claims``: 'looked', and no other sender of it) claims the next firing at
+once: alone, it pays no step; one joining is seen at the next tick, and staggered
+shares follow."""
 
 STAGGER_STEP = 0.005
 """Seconds between stagger steps: longer than the spread of schedulers' wake-ups at a
@@ -339,8 +340,8 @@ class FiringCoordinator:
         """The latest cursor seen per firing state key: a claim offers only the slots
         after it (``after_cursor``), not the whole late window, at every tick."""
         self._alone: set[str] = set()
-        """Firing state keys whose last claim here won with no other scheduler's look
-        at the slot before: the next claim of each is not staggered (``_unrivalled``)."""
+        """Firing state keys whose last claim here won with no rival: the next claim of
+        each is not staggered (``_unrivalled``)."""
         self._held: dict[str, tuple[Attempt, float]] = {}
         """Won claims not yet confirmed or released, by token, with when they were won
         (``time.monotonic``): the renewal loop keeps their leases live."""
@@ -472,7 +473,9 @@ class FiringCoordinator:
                 ),
             )
         if claim.unconfirmed is not None:
-            self._report_unconfirmed(schedule_id, claim.unconfirmed, claim.holder)
+            # a takeover names the lapsed sender; a win's holder is a rival, not it
+            sender = claim.holder if attempt.takeover else ""
+            self._report_unconfirmed(schedule_id, claim.unconfirmed, sender)
         self._report_missed(schedule_id, missed)
         return attempt
 
@@ -560,13 +563,13 @@ class FiringCoordinator:
     def _unrivalled(self, key: str, claim: Claim) -> None:
         """Remember whether ``claim`` shows this process alone on ``key``.
 
-        A win that no other scheduler's look at the slot before followed (``Claim.holder``
-        of 'won') means none is running, or none ran this schedule's last tick: its
-        next first claim is not staggered, so a lone scheduler sends each tick at once.
-        A loss, a takeover or another's look makes the next one staggered again: the
-        schedulers of a tick share its firings from the tick after one joins.
+        A win with no rival (``Claim.holder`` of 'won': nobody found the slot before
+        taken, and this process sent it or none did) means no other scheduler ran this
+        schedule's last tick: its next first claim is not staggered, so a lone
+        scheduler sends each tick at once. A rival, a loss or a takeover makes the
+        next one staggered again: a scheduler that joins is seen at the next tick.
         """
-        if claim.verdict == "won" and claim.holder.rpartition("#")[0] in ("", self.claims.holder):
+        if claim.verdict == "won" and not claim.holder:
             if key not in self._alone and len(self._alone) >= MAX_KNOWN_CURSORS:
                 self._alone.clear()
             self._alone.add(key)

@@ -13,7 +13,7 @@ import re
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import pytest
 from redis.asyncio import Redis
@@ -21,7 +21,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
-from taskiq_dedup.claims import FiringClaims, default_holder
+from taskiq_dedup.claims import Claim, FiringClaims, default_holder
 from taskiq_dedup.keys import KeySpace
 from tests.reliability.proxy import LatencyProxy
 from tests.support.polling import eventually
@@ -79,38 +79,72 @@ async def test_a_live_pending_claim_makes_others_wait(client: Redis, key: str) -
     assert 99_990 < other.lease_left <= 100_000
 
 
-async def test_a_win_names_the_last_other_attempt_that_found_a_slot_taken(
+async def test_a_win_names_a_rival_that_found_a_slot_taken_or_sent_the_last(
     client: Redis, key: str
 ) -> None:
-    """docs/DESIGN.md: 'looked' tells a winner another scheduler is running (timing only)."""
+    """docs/DESIGN.md: 'looked' and the cursor's sender tell a winner another scheduler
+    is running (timing only)."""
     a, b = claims_on(client, "a"), claims_on(client, "b")
 
-    async def won_by_a(slot: int) -> str:
-        """a wins and sends ``slot``; the other attempt its win named."""
-        attempt = a.new_attempt()
-        claim = await a.claim(key, attempt, [slot], TTL_MS)
+    async def won_by(claims: FiringClaims, slot: int) -> str:
+        """``claims`` wins and sends ``slot``; the rival its win named."""
+        attempt = claims.new_attempt()
+        claim = await claims.claim(key, attempt, [slot], TTL_MS)
         assert claim.won
-        assert await a.confirm(key, attempt, slot, TTL_MS)
+        assert await claims.confirm(key, attempt, slot, TTL_MS)
         return claim.holder
 
-    assert await won_by_a(10) == ""  # a new state
+    assert await won_by(a, 10) == ""  # a new state
     pending = a.new_attempt()
-    assert (await a.claim(key, pending, [20], TTL_MS)).holder == ""  # nobody looked at 10
+    assert (await a.claim(key, pending, [20], TTL_MS)).holder == ""  # a sent 10, unlooked
     assert (await b.claim(key, "b#1", [20], TTL_MS)).verdict == "pending"  # b looks at 20
     assert await client.hget(key, "looked") == b"20 b#1"
     assert await a.confirm(key, pending, 20, TTL_MS)
     assert (await b.claim(key, "b#2", [20], TTL_MS)).verdict == "sent"  # and again
-    assert await won_by_a(30) == "b#2"
-    # b's look at 20, before the cursor (30), is no rival of slot 40's claim
-    assert await won_by_a(40) == ""
-    # a state without the record (lost with Redis's data) names none
-    await client.hset(key, "looked", "40 b#3")
+    assert await won_by(a, 30) == "b#2"
+    # b's look at 20, before the cursor (30), is no rival; a sent 30 itself
+    assert await won_by(a, 40) == ""
+    # the cursor's sender, another holder, is a rival; a holder's own is not
+    sender_of_40 = await client.hget(key, "sent_by")
+    assert await won_by(b, 50) == sender_of_40.decode()
+    await client.hdel(key, "looked")
+    assert await won_by(b, 60) == ""  # history, no look, sent by b
+    # a waiter that wins after the pending claim's release names its own look
+    held = a.new_attempt()
+    assert (await a.claim(key, held, [70], TTL_MS)).won
+    assert (await b.claim(key, "b#3", [70], TTL_MS)).verdict == "pending"
+    assert await a.release(key, held)
+    assert (await b.claim(key, "b#3", [70], TTL_MS)).holder == "b#3"
+    # a state lost with Redis's data names none
     await client.delete(key)
-    assert await won_by_a(50) == ""
+    assert await won_by(a, 80) == ""
     # a catch-up claim of a state with no history writes nothing
     await client.delete(key)
-    assert (await b.claim(key, "b#4", [60], TTL_MS, fresh=False)).verdict == "sent"
+    assert (await b.claim(key, "b#4", [90], TTL_MS, fresh=False)).verdict == "sent"
     assert not await client.exists(key)
+
+
+async def test_a_look_refused_by_a_full_redis_leaves_the_verdict_standing(
+    client: Redis, key: str
+) -> None:
+    """docs/DESIGN.md: the 'looked' write is timing only; out of memory, losers still lose."""
+    a, b = claims_on(client, "a", pending_lease=30), claims_on(client, "b")
+    sent = a.new_attempt()
+    await a.claim(key, sent, [10], TTL_MS)
+    await a.confirm(key, sent, 10, TTL_MS)
+    await client.config_set("maxmemory-policy", "noeviction")
+
+    async def full(claim: Awaitable[Claim]) -> Claim:
+        await client.config_set("maxmemory", "1")  # every write is refused now
+        try:
+            return await claim
+        finally:
+            await client.config_set("maxmemory", "0")
+
+    assert (await full(b.claim(key, "b#1", [10], TTL_MS))).verdict == "sent"
+    await a.claim(key, a.new_attempt(), [20], TTL_MS)  # pending
+    assert (await full(b.claim(key, "b#2", [20], TTL_MS))).verdict == "pending"
+    assert await client.hget(key, "looked") is None  # never written, and no error
 
 
 async def test_a_new_schedule_wins_the_current_slot_it_is_given(client: Redis, key: str) -> None:

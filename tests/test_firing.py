@@ -211,6 +211,36 @@ async def test_a_dead_senders_slot_past_the_window_is_unconfirmed_and_the_gap_mi
     assert (unconfirmed.sent_at, unconfirmed.detected_at is not None) == (None, True)
 
 
+async def test_an_unconfirmed_slot_passed_by_a_win_names_no_rival_as_its_sender(
+    redis: Redis, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A win's ``Claim.holder`` is a rival (another scheduler's look), not the sender of
+    the lapsed slot it passes: the WARNING must not blame the scheduler that looked."""
+    dying = coordinator_on(redis, prefix, "x", pending_lease=0.2)
+    first = await dying.acquire("s1", minutely(), NOW, stagger=False)
+    assert first is not None
+    await dying.confirm(first)
+    assert await dying.acquire("s1", minutely(), NOW + timedelta(minutes=1)) is not None
+    await dying.close()  # died unconfirmed
+    taker = coordinator_on(redis, prefix, "y")
+    taken = await taker.acquire("s1", minutely(), NOW + timedelta(minutes=1))
+    assert taken is not None
+    assert taken.takeover
+    looker = coordinator_on(redis, prefix, "z").claims
+    look = await looker.claim(taken.key, "z#1", [taken.slot], 60_000)
+    assert look.verdict == "pending"  # z looked at the taken-over slot
+    await taker.release(taken)  # its send failed: the slot stays perhaps sent by x
+    caplog.set_level(logging.INFO, logger="taskiq_dedup.firing")
+    later = coordinator_on(redis, prefix, "w")
+    won = await later.acquire("s1", minutely(), NOW + timedelta(minutes=10))
+    assert won is not None
+    assert won.unconfirmed == SLOT + 60
+    (warning,) = [m for m in messages(caplog, logging.WARNING) if "is unconfirmed" in m]
+    assert "z#1" not in warning
+    await taker.close()
+    await later.close()
+
+
 async def test_a_wait_for_a_live_sender_gives_up_after_its_limit(
     redis: Redis, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -463,27 +493,28 @@ async def test_first_claims_go_in_step_order(
     await coordinator.close()
 
 
+@pytest.mark.parametrize("other", ["b", "a"], ids=["other-name", "same-name"])
 async def test_a_lone_scheduler_stops_staggering_and_staggers_again_once_another_looks(
-    redis: Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+    redis: Redis, prefix: str, monkeypatch: pytest.MonkeyPatch, other: str
 ) -> None:
-    """docs/DESIGN.md: alone, only a schedule's first claim waits for its step."""
-    stepped: list[str] = []  # the holder of each claim that waited for its step
+    """docs/DESIGN.md: alone, only a schedule's first claim waits for its step; with two
+    schedulers (two processes, even of one holder name) every first claim does."""
+    stepped: list[str] = []  # which coordinator's claims waited for their step
     sleep_to_step = firing._sleep_to_step
 
-    def counting(holder: str) -> Callable[[int], Awaitable[None]]:
+    def counting(name: str) -> Callable[[int], Awaitable[None]]:
         async def counted(step: int) -> None:
-            stepped.append(holder)
+            stepped.append(name)
             await sleep_to_step(step)
 
         return counted
 
-    a, b = coordinator_on(redis, prefix, "a"), coordinator_on(redis, prefix, "b")
+    a, b = coordinator_on(redis, prefix, "a"), coordinator_on(redis, prefix, other)
     minute = timedelta(minutes=1)
 
     async def tick(coordinator: FiringCoordinator, now: datetime) -> bool:
-        monkeypatch.setattr(
-            "taskiq_dedup.firing._sleep_to_step", counting(coordinator.claims.holder)
-        )
+        name = "a" if coordinator is a else "b"
+        monkeypatch.setattr("taskiq_dedup.firing._sleep_to_step", counting(name))
         attempt = await coordinator.acquire("s", minutely(), now)
         if attempt is not None:
             await coordinator.confirm(attempt)
@@ -497,6 +528,10 @@ async def test_a_lone_scheduler_stops_staggering_and_staggers_again_once_another
     assert await tick(a, NOW + 4 * minute)  # staggered again
     assert stepped == ["a", "b", "a"]
     assert not await tick(b, NOW + 4 * minute)
+    # b wins the next two (a misses them): after a loss, a win is never alone
+    assert await tick(b, NOW + 5 * minute)
+    assert await tick(b, NOW + 6 * minute)
+    assert stepped == ["a", "b", "a", "b", "b", "b"]
     await a.close()
     await b.close()
 
