@@ -483,13 +483,13 @@ class FiringCoordinator:
         """Log the slot of a lapsed claim that left the window before anyone took it over."""
         self.stats.unconfirmed += 1
         logger.warning(
-            "Firing %s (%s) of schedule %s is unconfirmed: its sender %s claimed it and "
+            "Firing %s (%s) of schedule %s is unconfirmed: %s claimed it and "
             "stopped before confirming, perhaps after sending it (the worker guard runs "
             "it at most once); too late to send it again",
             slot,
             datetime.fromtimestamp(slot, tz=timezone.utc).isoformat(),
             schedule_id,
-            holder,
+            f"its sender {holder}" if holder else "its sender (not recorded)",
             extra=decision(
                 schedule_id=schedule_id,
                 slot=slot,

@@ -237,6 +237,7 @@ async def test_an_unconfirmed_slot_passed_by_a_win_names_no_rival_as_its_sender(
     assert won.unconfirmed == SLOT + 60
     (warning,) = [m for m in messages(caplog, logging.WARNING) if "is unconfirmed" in m]
     assert "z#1" not in warning
+    assert "is unconfirmed: its sender (not recorded) claimed it" in warning  # a win's passed slot
     await taker.close()
     await later.close()
 
