@@ -81,12 +81,19 @@ CLAIM_SCRIPT = """
 --   'pending'  the other holder is sending slot under a live lease
 --   'sent'     every candidate is sent already (slot = the cursor; 0 when the
 --              state has no history and ARGV[4] is '')
--- 'pending' and 'sent' (of a state that exists) record this attempt in 'looked';
--- that write is timing only, so pcall: refused (out of memory), the verdict stands.
+-- 'pending' and 'sent' (of a state that exists) record this attempt in 'looked',
+-- once per slot (a waiter's re-looks write nothing); that write is timing only, so
+-- pcall: refused (out of memory), the verdict stands.
 -- unconfirmed: '' or, for a claim that passes a lapsed claim's own slot (it left
 --   the candidates), that slot: after 'sent before', before slot, and perhaps sent
 --   by the lapsed sender, which died after its kick or before it. The lapsed claim
 --   is the holder's, or one a released claim had taken over ('lapsed').
+local function looked(h, slot)
+  local seen = slot .. ' ' .. ARGV[1]
+  if h[9] ~= seen then
+    redis.pcall('HSET', KEYS[1], 'looked', seen)
+  end
+end
 local function reply(verdict, slot, before, holder, left, unconfirmed)
   return table.concat(
     {verdict, slot, before, string.format('%d', left), unconfirmed, holder}, ' ')
@@ -101,7 +108,7 @@ if holder == ARGV[1] then  -- a retry whose first reply was lost: the lease star
   return reply('won', h[2], h[6] or '', '', 0, h[7] or '')
 end
 if holder and tonumber(h[4]) > now then
-  redis.pcall('HSET', KEYS[1], 'looked', h[2] .. ' ' .. ARGV[1])
+  looked(h, h[2])
   return reply('pending', h[2], sent or '', holder, tonumber(h[4]) - now, '')
 end
 local after = sent
@@ -120,7 +127,7 @@ else
   end
 end
 if not pick then
-  redis.pcall('HSET', KEYS[1], 'looked', after .. ' ' .. ARGV[1])
+  looked(h, after)
   return reply('sent', after, after, h[5] or '', 0, '')
 end
 -- A lapsed claim's slot that this claim passes is not missed: its sender may have

@@ -124,6 +124,24 @@ async def test_a_win_names_a_rival_that_found_a_slot_taken_or_sent_the_last(
     assert not await client.exists(key)
 
 
+async def test_a_waiters_looks_again_at_one_slot_write_nothing(client: Redis, key: str) -> None:
+    """docs/DESIGN.md: 'looked' is written once per looker and slot, not at every re-look."""
+    a, b = claims_on(client, "a", pending_lease=30), claims_on(client, "b")
+    await a.claim(key, a.new_attempt(), [10], TTL_MS)  # pending
+
+    async def hsets() -> int:
+        stats = await client.info("commandstats")
+        return int(stats.get("cmdstat_hset", {}).get("calls", 0))
+
+    before = await hsets()
+    for _ in range(5):  # one waiter's looks on the wait grid
+        assert (await b.claim(key, "b#1", [10], TTL_MS)).verdict == "pending"
+    assert await hsets() - before == 1
+    assert (await b.claim(key, "b#2", [10], TTL_MS)).verdict == "pending"
+    assert await hsets() - before == 2  # another attempt's look is recorded
+    assert await client.hget(key, "looked") == b"10 b#2"
+
+
 async def test_a_look_refused_by_a_full_redis_leaves_the_verdict_standing(
     client: Redis, key: str
 ) -> None:
