@@ -546,12 +546,12 @@ async def test_a_password_in_the_url_is_never_logged_in_process(
     good_url, wrong_url = locked_redis.url_with(PASSWORD), locked_redis.url_with(WRONG_PASSWORD)
     sources = [
         CompositeScheduleSource(
-            [StaticSource([healthy()])], redis_url=url, prefix=prefix, claim_retry_window=0.3
+            [StaticSource([healthy()])], redis_url=url, prefix=prefix, claim_retry_window=1.0
         )
         for url in (good_url, wrong_url)
     ]
     middlewares = [
-        DedupMiddleware(redis_url=url, prefix=prefix, redis_deadline=0.5)
+        DedupMiddleware(redis_url=url, prefix=prefix, redis_deadline=1.0)
         for url in (good_url, wrong_url)
     ]
     message = _message({SCHEDULE_ID_LABEL: "s", SLOT_LABEL: "60"})
